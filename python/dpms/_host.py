@@ -1,0 +1,361 @@
+"""The server's Python-side helper: everything dpms does *inside* the interpreter.
+
+Embedded in the dpms binary (``include_str!``) and run once at start. It imports plugin modules
+from source (never through the standard loader, so no stale ``.pyc`` can be used), introspects
+them with :mod:`inspect` and describes them as JSON that maps onto Rust types, runs coroutines
+on an asyncio loop, and routes ``print`` output into the server log. Everything else (HTTP,
+routing, arguments, JSON) is Rust.
+"""
+
+import asyncio
+import importlib.abc
+import importlib.machinery
+import inspect
+import json
+import sys
+import threading
+import traceback
+import types
+
+#: Rust callbacks (``log(stream, line)``), set by :func:`setup`.
+_native = None
+#: Plugin file stem -> path, as found by the server's own folder scan.
+_plugin_files = {}
+#: Stems of modules this helper loaded (only those may be replaced).
+_ours = set()
+#: Modules being executed right now (innermost last), to record who imports whom.
+_loading = []
+#: Stem -> stems of plugin modules it imported while executing.
+_imported = {}
+#: Modules loaded during the current batch (so each file is one module object).
+_batch = None
+_loop = None
+
+_KINDS = {
+    inspect.Parameter.POSITIONAL_ONLY: "positional_only",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional_or_keyword",
+    inspect.Parameter.VAR_POSITIONAL: "var_positional",
+    inspect.Parameter.KEYWORD_ONLY: "keyword_only",
+    inspect.Parameter.VAR_KEYWORD: "var_keyword",
+}
+
+
+def install_packages(packages):
+    """Registers the bundled packages (``dpms``, ``vyperlogix``…) from their sources.
+
+    ``packages`` is a list of ``(name, is_package, filename, source)`` in execution order.
+    """
+    for name, is_package, filename, _ in packages:
+        module = types.ModuleType(name)
+        module.__file__ = filename
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=filename, is_package=is_package)
+        if is_package:
+            module.__path__ = []
+        sys.modules[name] = module
+    for name, _, filename, source in packages:
+        module = sys.modules[name]
+        exec(compile(source, filename, "exec", dont_inherit=True), module.__dict__)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
+
+class _LogStream:
+    """A text stream that sends each complete line to the server log."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, name):
+        self.name = name
+        self._local = threading.local()
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        pending = getattr(self._local, "pending", "") + text
+        *lines, rest = pending.split("\n")
+        self._local.pending = rest
+        for line in lines:
+            _native.log(self.name, line)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        pending = getattr(self._local, "pending", "")
+        if pending:
+            self._local.pending = ""
+            _native.log(self.name, pending)
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def fileno(self):
+        raise OSError("dpms captures this stream into its log; it has no file descriptor")
+
+
+class _PluginFinder(importlib.abc.MetaPathFinder):
+    """Finds sibling plugin modules by the server's own scan (the standard ``FileFinder`` caches
+    directory listings and would miss new files) and loads them from source."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or fullname not in _plugin_files:
+            return None
+        if _loading:
+            _imported.setdefault(_loading[-1], set()).add(fullname)
+        filename = _plugin_files[fullname]
+        return importlib.machinery.ModuleSpec(fullname, _PluginLoader(filename), origin=filename)
+
+
+class _PluginLoader(importlib.abc.Loader):
+    def __init__(self, filename):
+        self.filename = filename
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        with open(self.filename, "rb") as f:
+            source = f.read()
+        _execute(module, source)
+        if _batch is not None:
+            _batch[module.__name__] = module
+
+
+def setup(native, plugin_dirs, extra_paths):
+    """Runs once before the first plugin import."""
+    global _native, _loop
+    _native = native
+    sys.stdout = _LogStream("stdout")
+    sys.stderr = _LogStream("stderr")
+    for folder in list(plugin_dirs) + list(extra_paths):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    sys.meta_path.insert(0, _PluginFinder())
+    _loop = asyncio.new_event_loop()
+    threading.Thread(target=_loop.run_forever, name="dpms-asyncio", daemon=True).start()
+
+
+def _execute(module, source):
+    """Compiles ``source`` and runs it as ``module``, recording the plugin modules it imports."""
+    name = module.__name__
+    _imported[name] = set()
+    _loading.append(name)
+    try:
+        code = compile(source, module.__file__, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+    finally:
+        _loading.pop()
+    module.__dpms_source__ = source
+    _ours.add(name)
+
+
+def exception_line(exc):
+    """``"ValueError: boom"``; for a syntax error also the line number."""
+    if isinstance(exc, SyntaxError):
+        where = f" (line {exc.lineno})" if exc.lineno else ""
+        return f"{type(exc).__name__}: {exc.msg}{where}"
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def exception_text(exc):
+    """The full traceback, for the log."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def set_files(files):
+    """Replaces the stem -> path map the finder uses."""
+    _plugin_files.clear()
+    _plugin_files.update(files)
+
+
+def forget(name):
+    """Drops a module whose file is gone."""
+    if name in _ours:
+        sys.modules.pop(name, None)
+        _ours.discard(name)
+        _imported.pop(name, None)
+
+
+def load_batch(requests):
+    """Imports each ``(name, path, source)`` afresh and describes it.
+
+    Every module of the batch is taken out of ``sys.modules`` first, so a module imported by
+    another one of the batch is loaded once, from its new source, and both see the same object.
+    A module that fails keeps its previous version in ``sys.modules``.
+    Returns a list of ``(description_json, functions, module_or_None)``.
+    """
+    global _batch
+    previous = {}
+    for name, _, _ in requests:
+        if name in _ours and name in sys.modules:
+            previous[name] = sys.modules.pop(name)
+    _batch = {}
+    results = []
+    try:
+        for name, path, source in requests:
+            results.append(_load_one(name, path, source, previous))
+    finally:
+        _batch = None
+    return results
+
+
+def _refusal(name):
+    if name in sys.stdlib_module_names:
+        return f"`{name}` is the name of a standard-library module; rename the file"
+    if name in sys.modules and name not in _ours:
+        return f"`{name}` is the name of a module already imported (e.g. by dpms itself); rename the file"
+    if name.startswith("__"):
+        return f"`{name}` begins with `__`"
+    return None
+
+
+def _load_one(name, path, source, previous):
+    refusal = _refusal(name)
+    if refusal is not None:
+        return json.dumps({"kind": "refused", "error": refusal}), [], None
+    module = _batch.get(name)
+    if module is not None and module.__dpms_source__ == source:
+        return _describe(module)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=path)
+    sys.modules[name] = module
+    try:
+        _execute(module, source)
+    except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, SystemExit included
+        if name in previous:
+            sys.modules[name] = previous[name]
+        else:
+            sys.modules.pop(name, None)
+        error = {"kind": "import_error", "error": exception_line(exc), "traceback": exception_text(exc)}
+        return json.dumps(error), [], None
+    _batch[name] = module
+    return _describe(module)
+
+
+def _first_doc_line(obj):
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _describe(module):
+    """Everything the server needs from a module, as JSON plus the endpoint functions."""
+    name = module.__name__
+    public, endpoints, functions, errors = [], [], [], []
+    deps = set(_imported.get(name, ()))
+    seen = set()
+    for attr, obj in list(vars(module).items()):
+        if isinstance(obj, types.ModuleType):
+            if obj.__name__ in _plugin_files and obj.__name__ != name:
+                deps.add(obj.__name__)
+            continue
+        try:
+            owner = getattr(obj, "__module__", None)
+        except Exception:  # noqa: BLE001 - a hostile __getattr__
+            continue
+        if isinstance(owner, str) and owner != name and owner in _plugin_files:
+            deps.add(owner)
+        if attr.startswith("__") or owner != name:
+            continue
+        if inspect.isclass(obj):
+            public.append(attr)
+            continue
+        if not inspect.isfunction(obj):
+            continue
+        public.append(attr)
+        marker = getattr(obj, "__dpms_endpoint__", None)
+        if not isinstance(marker, dict) or id(obj) in seen or obj.__name__.startswith("__"):
+            continue
+        seen.add(id(obj))
+        described = _describe_endpoint(obj, marker)
+        if "error" in described:
+            errors.append(f"{obj.__name__}: {described['error']}")
+            continue
+        described["index"] = len(functions)
+        endpoints.append(described)
+        functions.append(obj)
+    alias = getattr(module, "__alias__", None)
+    if alias is not None and not isinstance(alias, str):
+        errors.append(f"__alias__ must be a string, not {type(alias).__name__}")
+        alias = None
+    owner_id = getattr(module, "__ID__", None)
+    if owner_id is not None and not isinstance(owner_id, str):
+        errors.append(f"__ID__ must be a string, not {type(owner_id).__name__}")
+        owner_id = None
+    description = {
+        "kind": "ok",
+        "alias": alias or None,
+        "owner": owner_id,
+        "public": public,
+        "endpoints": endpoints,
+        "errors": errors,
+        "deps": sorted(deps),
+    }
+    return json.dumps(description, default=repr), functions, module
+
+
+def _describe_endpoint(func, marker):
+    method = marker.get("method", "GET")
+    if method is None:
+        methods = ["GET"]
+    elif isinstance(method, str):
+        methods = [method]
+    elif isinstance(method, (list, tuple)) and all(isinstance(m, str) for m in method):
+        methods = list(method)
+    else:
+        return {"error": f"method must be a string or a list of strings, not {method!r}"}
+    api = marker.get("API")
+    if api is None:
+        api = func.__name__
+    if not isinstance(api, str):
+        return {"error": f"API must be a string, not {api!r}"}
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError) as exc:
+        return {"error": f"its signature cannot be read: {exc}"}
+    params = [
+        {"name": p.name, "kind": _KINDS[p.kind], "has_default": p.default is not inspect.Parameter.empty}
+        for p in signature.parameters.values()
+    ]
+    meta = marker.get("meta") or {}
+    return {
+        "func": func.__name__,
+        "api": api,
+        "methods": methods,
+        "doc": _first_doc_line(func),
+        "signature": str(signature),
+        "params": params,
+        "meta": meta if isinstance(meta, dict) else {},
+    }
+
+
+async def _guard(awaitable):
+    # A BaseException (SystemExit, KeyboardInterrupt) escaping a task would stop the loop's
+    # thread: every coroutine's outcome is returned as a value instead.
+    try:
+        return True, await awaitable
+    except BaseException as exc:  # noqa: BLE001
+        return False, exc
+
+
+def submit(awaitable, done):
+    """Runs ``awaitable`` on the event loop; ``done(ok, value)`` is called on the loop thread."""
+
+    def finished(future):
+        try:
+            ok, value = future.result()
+        except BaseException as exc:  # noqa: BLE001 - cancelled, or the loop is gone
+            ok, value = False, exc
+        done(ok, value)
+
+    asyncio.run_coroutine_threadsafe(_guard(awaitable), _loop).add_done_callback(finished)

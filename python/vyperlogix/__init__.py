@@ -1,0 +1,1 @@
+"""Compatibility namespace: plugins written for the original framework import from here."""

@@ -1,0 +1,603 @@
+//! Settings: every one declared once in [`SETTINGS`], read in the order of SPEC §8 — built-in
+//! defaults, then `.env` in the working folder, then the process environment, then command-line
+//! flags — and checked at start-up, so a wrong value stops the server with one clear line instead
+//! of failing at the first request.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+/// One setting: its name (the environment variable and `.env` key), its default and what it does.
+/// The README's settings table is printed from this list by `dpms settings`.
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every setting dpms reads. `URL_PARM1`…`URL_PARMn` are the one family of keys not listed one by
+/// one (see [`url_parm_index`]).
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "plugins",
+        default: "./plugins",
+        doc: "`:`-separated plugin folders, scanned in order without recursion (compat name; `DPMS_PLUGINS` is accepted too).",
+    },
+    Setting {
+        name: "DPMS_PLUGINS",
+        default: "",
+        doc: "Same as `plugins`; used when `plugins` is not set.",
+    },
+    Setting {
+        name: "DPMS_HOST",
+        default: "127.0.0.1",
+        doc: "Address to listen on.",
+    },
+    Setting {
+        name: "DPMS_PORT",
+        default: "8088",
+        doc: "Port to listen on; `0` picks a free port and prints `listening on http://HOST:PORT` as the first stdout line.",
+    },
+    Setting {
+        name: "DPMS_RELOAD",
+        default: "changed",
+        doc: "`changed`: re-import a module when its file changed; `always`: on every call; `never`: load once at start.",
+    },
+    Setting {
+        name: "NUM_URL_PARMS",
+        default: "10",
+        doc: "How many URL parameters may follow an API name; one more is a 404 `too_many_url_params`.",
+    },
+    Setting {
+        name: "URL_PARMn",
+        default: "parm_n",
+        doc: "Name of the n-th URL parameter (`URL_PARM1`, `URL_PARM2`, …).",
+    },
+    Setting {
+        name: "DPMS_MAX_BODY",
+        default: "1048576",
+        doc: "Largest request body in bytes; larger is a 413 `body_too_large`.",
+    },
+    Setting {
+        name: "DPMS_MAX_URI",
+        default: "8192",
+        doc: "Longest request target (path and query) in bytes; longer is a 414 `uri_too_long`.",
+    },
+    Setting {
+        name: "DPMS_MAX_HEADERS",
+        default: "65536",
+        doc: "Largest total size of the request headers in bytes; larger is a 431 `headers_too_large`.",
+    },
+    Setting {
+        name: "MAX_FUNCTION_SECS",
+        default: "30",
+        doc: "Deadline for one plugin call in seconds (fractions allowed); past it the client gets 504 `timeout`.",
+    },
+    Setting {
+        name: "DEBUG",
+        default: "false",
+        doc: "Send a plugin's traceback in error bodies (`traceback`); it is always in the log.",
+    },
+    Setting {
+        name: "MULTI_TENANT",
+        default: "false",
+        doc: "Tenancy (a later release): with `false` no uuid is needed and every call runs as admin.",
+    },
+    Setting {
+        name: "ADMIN_ID",
+        default: "",
+        doc: "The admin's UUID (checked at start when set).",
+    },
+    Setting {
+        name: "DPMS_VENV",
+        default: "",
+        doc: "A Python 3.11 virtual environment whose site-packages plugins may import from (`VIRTUAL_ENV` is used when this is unset).",
+    },
+    Setting {
+        name: "DPMS_PY_THREADS",
+        default: "32",
+        doc: "Python threads that run plugin calls; a call that blocks holds one of them.",
+    },
+    Setting {
+        name: "DPMS_SHUTDOWN_SECS",
+        default: "10",
+        doc: "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.",
+    },
+    Setting {
+        name: "DPMS_LOG",
+        default: "info",
+        doc: "Log filter (tracing `EnvFilter` syntax, e.g. `info`, `dpms=debug`); logs go to stderr.",
+    },
+];
+
+/// Keys the original framework's `.env` files carry that dpms knows but does not use yet; they
+/// are accepted silently so a compat `.env` loads without noise.
+const ACCEPTED_UNUSED: &[&str] = &["SECRETS"];
+
+/// How plugin modules are kept fresh (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadMode {
+    /// Re-import a module only when its file changed (the default).
+    Changed,
+    /// Re-import the called module on every request (the old framework's behaviour).
+    Always,
+    /// Load once at start.
+    Never,
+}
+
+/// The checked configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Plugin folders in search order; every one exists (checked at start).
+    pub plugin_dirs: Vec<PathBuf>,
+    pub reload: ReloadMode,
+    /// `url_parm_names[i]` names the (i+1)-th URL parameter; its length is `NUM_URL_PARMS`.
+    pub url_parm_names: Vec<String>,
+    pub max_body: usize,
+    pub max_uri: usize,
+    pub max_headers: usize,
+    pub max_function_time: Duration,
+    pub debug: bool,
+    pub multi_tenant: bool,
+    pub admin_id: Option<Uuid>,
+    /// The virtual environment whose site-packages are appended to `sys.path`.
+    pub venv: Option<PathBuf>,
+    pub py_threads: usize,
+    pub shutdown_time: Duration,
+    pub log_filter: String,
+}
+
+/// A configuration that cannot be used; the message is the one line printed at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("setting `{key}` = `{value}`: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("`.env` line {line}: cannot parse `{text}` (quote values with spaces; use single quotes for values containing `$` or `\"`)")]
+    EnvFile { line: usize, text: String },
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Values given on the command line; each overrides every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub plugins: Option<String>,
+    pub reload: Option<String>,
+    pub py_threads: Option<String>,
+}
+
+/// Where setting values come from, before they are checked.
+pub struct Sources {
+    dotenv: HashMap<String, String>,
+    env: HashMap<String, String>,
+    overrides: HashMap<&'static str, String>,
+    /// Lines to log once logging is up (unknown `.env` keys).
+    pub warnings: Vec<String>,
+}
+
+impl Sources {
+    /// Reads `.env` from `workdir` (only there, no search of parent folders) and the process
+    /// environment.
+    pub fn load(workdir: &Path, overrides: Overrides) -> Result<Sources, ConfigError> {
+        let path = workdir.join(".env");
+        let dotenv = if path.is_file() {
+            read_dotenv(&path)?
+        } else {
+            Vec::new()
+        };
+        let mut warnings = Vec::new();
+        for (key, _) in &dotenv {
+            if !is_known(key) {
+                warnings.push(format!("`.env`: ignoring `{key}`, which dpms does not use"));
+            }
+        }
+        Ok(Sources::new(
+            dotenv.into_iter().collect(),
+            std::env::vars().collect(),
+            overrides,
+            warnings,
+        ))
+    }
+
+    /// Sources from explicit maps (tests and embedding).
+    pub fn new(
+        dotenv: HashMap<String, String>,
+        env: HashMap<String, String>,
+        overrides: Overrides,
+        warnings: Vec<String>,
+    ) -> Sources {
+        let mut map = HashMap::new();
+        let pairs = [
+            ("DPMS_HOST", overrides.host),
+            ("DPMS_PORT", overrides.port),
+            ("plugins", overrides.plugins),
+            ("DPMS_RELOAD", overrides.reload),
+            ("DPMS_PY_THREADS", overrides.py_threads),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value {
+                map.insert(key, value);
+            }
+        }
+        Sources {
+            dotenv,
+            env,
+            overrides: map,
+            warnings,
+        }
+    }
+
+    /// The winning raw value of `key`: flag, then environment, then `.env`.
+    fn raw(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.overrides.get(key) {
+            return Some(v.clone());
+        }
+        if let Some(v) = self.env.get(key) {
+            return Some(v.clone());
+        }
+        self.dotenv.get(key).cloned()
+    }
+
+    /// The value of `key`, or `None` when unset or empty.
+    fn get(&self, key: &str) -> Option<String> {
+        self.raw(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| invalid(key, &v, what)),
+        }
+    }
+
+    fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => parse_bool(&v).ok_or_else(|| invalid(key, &v, "expected true or false")),
+        }
+    }
+
+    /// Checks every setting and builds the [`Config`].
+    pub fn config(&self, workdir: &Path) -> Result<Config, ConfigError> {
+        let host_raw = self.get("DPMS_HOST").unwrap_or_else(|| "127.0.0.1".into());
+        let host = host_raw
+            .parse()
+            .map_err(|_| invalid("DPMS_HOST", &host_raw, "expected an IP address"))?;
+        let port = self.parsed("DPMS_PORT", 8088u16, "expected a port number (0-65535)")?;
+
+        let (plugins_key, plugins_raw) = match self.get("plugins") {
+            Some(v) => ("plugins", v),
+            None => (
+                "DPMS_PLUGINS",
+                self.get("DPMS_PLUGINS")
+                    .unwrap_or_else(|| "./plugins".into()),
+            ),
+        };
+        let mut plugin_dirs = Vec::new();
+        for part in plugins_raw
+            .split(':')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let dir = workdir.join(part);
+            if !dir.is_dir() {
+                return Err(invalid(
+                    plugins_key,
+                    &plugins_raw,
+                    &format!("plugin folder `{part}` does not exist"),
+                ));
+            }
+            let dir = dir.canonicalize().map_err(|source| ConfigError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            if !plugin_dirs.contains(&dir) {
+                plugin_dirs.push(dir);
+            }
+        }
+        if plugin_dirs.is_empty() {
+            return Err(invalid(plugins_key, &plugins_raw, "no plugin folder given"));
+        }
+
+        let reload = match self
+            .get("DPMS_RELOAD")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("changed") => ReloadMode::Changed,
+            Some("always") => ReloadMode::Always,
+            Some("never") => ReloadMode::Never,
+            Some(other) => {
+                return Err(invalid(
+                    "DPMS_RELOAD",
+                    other,
+                    "expected changed, always or never",
+                ))
+            }
+        };
+
+        let num_url_parms: usize = self.parsed("NUM_URL_PARMS", 10, "expected a whole number")?;
+        if num_url_parms > 1000 {
+            return Err(invalid(
+                "NUM_URL_PARMS",
+                &num_url_parms.to_string(),
+                "at most 1000",
+            ));
+        }
+        let url_parm_names = (1..=num_url_parms)
+            .map(|n| {
+                self.get(&format!("URL_PARM{n}"))
+                    .unwrap_or_else(|| format!("parm_{n}"))
+            })
+            .collect();
+
+        let max_body = self.parsed(
+            "DPMS_MAX_BODY",
+            1024 * 1024usize,
+            "expected a size in bytes",
+        )?;
+        let max_uri = self.parsed("DPMS_MAX_URI", 8192usize, "expected a size in bytes")?;
+        let max_headers =
+            self.parsed("DPMS_MAX_HEADERS", 65536usize, "expected a size in bytes")?;
+        for (key, value) in [("DPMS_MAX_URI", max_uri), ("DPMS_MAX_HEADERS", max_headers)] {
+            if !(256..=1024 * 1024).contains(&value) {
+                return Err(invalid(
+                    key,
+                    &value.to_string(),
+                    "expected 256 to 1048576 bytes",
+                ));
+            }
+        }
+        let secs: f64 = self.parsed("MAX_FUNCTION_SECS", 30.0, "expected seconds")?;
+        if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+            return Err(invalid(
+                "MAX_FUNCTION_SECS",
+                &secs.to_string(),
+                "expected seconds between 0 and 86400",
+            ));
+        }
+        let admin_id = match self.get("ADMIN_ID") {
+            None => None,
+            Some(v) => {
+                Some(Uuid::parse_str(&v).map_err(|_| invalid("ADMIN_ID", &v, "expected a UUID"))?)
+            }
+        };
+        let venv = self
+            .get("DPMS_VENV")
+            .or_else(|| self.get("VIRTUAL_ENV"))
+            .map(|v| workdir.join(v));
+        let py_threads: usize = self.parsed("DPMS_PY_THREADS", 32, "expected a whole number")?;
+        if !(1..=1024).contains(&py_threads) {
+            return Err(invalid(
+                "DPMS_PY_THREADS",
+                &py_threads.to_string(),
+                "expected 1 to 1024",
+            ));
+        }
+        let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
+
+        Ok(Config {
+            host,
+            port,
+            plugin_dirs,
+            reload,
+            url_parm_names,
+            max_body,
+            max_uri,
+            max_headers,
+            max_function_time: Duration::from_secs_f64(secs),
+            debug: self.boolean("DEBUG", false)?,
+            multi_tenant: self.boolean("MULTI_TENANT", false)?,
+            admin_id,
+            venv,
+            py_threads,
+            shutdown_time: Duration::from_secs(shutdown_secs),
+            log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `True`, `true`, `1`, `yes`, `on` (any case) and their opposites.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "y" | "t" => Some(true),
+        "false" | "0" | "no" | "off" | "n" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// `URL_PARM<n>` → `n`.
+fn url_parm_index(key: &str) -> Option<usize> {
+    key.strip_prefix("URL_PARM")?.parse().ok()
+}
+
+fn is_known(key: &str) -> bool {
+    SETTINGS.iter().any(|s| s.name == key)
+        || ACCEPTED_UNUSED.contains(&key)
+        || key == "VIRTUAL_ENV"
+        || url_parm_index(key).is_some_and(|n| n >= 1)
+}
+
+/// Reads a `.env` file with dotenvy's parser (inline `# comments`, spaces around `=`), turning
+/// a parse failure into the line number a person can find.
+fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let iter = dotenvy::from_path_iter(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut out = Vec::new();
+    for item in iter {
+        match item {
+            Ok(pair) => out.push(pair),
+            Err(dotenvy::Error::LineParse(bad, _)) => {
+                let first = bad.lines().next().unwrap_or("").to_string();
+                let line = text
+                    .lines()
+                    .position(|l| l.contains(first.as_str()))
+                    .map_or(0, |i| i + 1);
+                return Err(ConfigError::EnvFile { line, text: first });
+            }
+            Err(e) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The settings table in Markdown, for the README (`dpms settings`).
+pub fn settings_table() -> String {
+    let mut out = String::from("| setting | default | meaning |\n|---|---|---|\n");
+    for s in SETTINGS {
+        let default = if s.default.is_empty() {
+            "(unset)"
+        } else {
+            s.default
+        };
+        let _ = writeln!(out, "| `{}` | `{}` | {} |", s.name, default, s.doc);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(dotenv: &[(&str, &str)], env: &[(&str, &str)]) -> Sources {
+        let to_map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Sources::new(
+            to_map(dotenv),
+            to_map(env),
+            Overrides::default(),
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn later_sources_win() {
+        let dir = std::env::temp_dir();
+        let tmp = dir.display().to_string();
+        let s = sources(
+            &[("NUM_URL_PARMS", "3"), ("DEBUG", "True")],
+            &[("NUM_URL_PARMS", "2"), ("plugins", &tmp)],
+        );
+        let c = s.config(&dir).map_err(|e| e.to_string());
+        let c = c.as_ref().map_err(String::as_str);
+        assert_eq!(
+            c.map(|c| c.url_parm_names.clone()),
+            Ok(vec!["parm_1".into(), "parm_2".into()])
+        );
+        assert_eq!(c.map(|c| c.debug), Ok(true));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = std::env::temp_dir();
+        for (key, value) in [
+            ("NUM_URL_PARMS", "ten"),
+            ("ADMIN_ID", "not-a-uuid"),
+            ("DEBUG", "maybe"),
+            ("plugins", "/no/such/folder"),
+            ("DPMS_RELOAD", "sometimes"),
+        ] {
+            let tmp = dir.display().to_string();
+            let env = [("plugins", tmp.as_str()), (key, value)];
+            let err = sources(&[], &env).config(&dir).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(key)),
+                "{key}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn original_env_file_loads() {
+        let dir = tempfile_dir();
+        std::fs::write(
+            dir.join(".env"),
+            "MULTI_TENANT=True\nMONGO_URI=mongodb://x:1/?a=1\nNUM_URL_PARMS = 3  # comment\nURL_PARM1=p1       # note\n",
+        )
+        .ok();
+        std::fs::create_dir_all(dir.join("plugins")).ok();
+        let s = Sources::load(&dir, Overrides::default()).map_err(|e| e.to_string());
+        let s = s.as_ref().map_err(String::as_str);
+        assert_eq!(s.map(|s| s.warnings.len()), Ok(1));
+        let c = s.map(|s| {
+            s.config(&dir)
+                .map(|c| (c.url_parm_names, c.multi_tenant))
+                .ok()
+        });
+        assert_eq!(
+            c,
+            Ok(Some((
+                vec!["p1".into(), "parm_2".into(), "parm_3".into()],
+                true
+            )))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn broken_env_file_reports_its_line() {
+        let dir = tempfile_dir();
+        std::fs::write(dir.join(".env"), "A=1\nB=two words\n").ok();
+        let err = Sources::load(&dir, Overrides::default())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("line 2")),
+            "{err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dpms-config-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).ok();
+        dir
+    }
+}

@@ -1,0 +1,165 @@
+//! The catalogue of errors a client can see (SPEC §4): each variant knows its status, its stable
+//! snake_case `error` code and its sentence. [`ApiError::into_response`] renders all of them, so
+//! every error body has the same shape: `status`, `error`, and only the extras named here.
+
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+use crate::router::MethodSet;
+
+/// Everything that ends a request with an error status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed path, query or body.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The call does not fit the function's signature.
+    #[error("{0}")]
+    BadArguments(String),
+    /// A required parameter received no value.
+    #[error("{0}")]
+    MissingArgument(String),
+    #[error("{api} is undefined.")]
+    ApiUndefined { api: String },
+    /// `<module>/<api>` where the module has no such API.
+    #[error("{api} is undefined in {module}.")]
+    ApiUndefinedInModule { api: String, module: String },
+    #[error("{api} is undefined for {method}.")]
+    MethodUndefined {
+        api: String,
+        method: String,
+        allow: MethodSet,
+    },
+    #[error("{api} takes at most {max} URL parameters ({given} given).")]
+    TooManyUrlParams {
+        api: String,
+        max: usize,
+        given: usize,
+    },
+    #[error("{path} is not a dpms path.")]
+    NotFound { path: String },
+    #[error("{api} is defined in several modules for {method}; call it as one of the candidates.")]
+    Ambiguous {
+        api: String,
+        method: String,
+        candidates: Vec<String>,
+    },
+    #[error("The request body is larger than {max} bytes.")]
+    BodyTooLarge { max: usize },
+    #[error("The request target is longer than {max} bytes.")]
+    UriTooLong { max: usize },
+    #[error("The request headers are larger than {max} bytes.")]
+    HeadersTooLarge { max: usize },
+    #[error("{api} raised {exception}")]
+    Plugin {
+        api: String,
+        exception: String,
+        traceback: Option<String>,
+    },
+    #[error("{api} cannot be called: its module does not import ({exception})")]
+    PluginImport { api: String, exception: String },
+    #[error("{api} returned a result that cannot be converted to JSON: {reason}")]
+    Unserializable { api: String, reason: String },
+    /// A fault of dpms itself; the detail goes to the log only.
+    #[error("internal error")]
+    Internal(String),
+    #[error("{method} is not implemented.")]
+    MethodNotImplemented { method: String },
+    #[error("{api} did not finish within {secs} seconds.")]
+    Timeout { api: String, secs: f64 },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::BadArguments(_) | ApiError::MissingArgument(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::ApiUndefined { .. }
+            | ApiError::ApiUndefinedInModule { .. }
+            | ApiError::MethodUndefined { .. }
+            | ApiError::TooManyUrlParams { .. }
+            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Ambiguous { .. } => StatusCode::CONFLICT,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::Plugin { .. }
+            | ApiError::PluginImport { .. }
+            | ApiError::Unserializable { .. }
+            | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable `error` code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadArguments(_) => "bad_arguments",
+            ApiError::MissingArgument(_) => "missing_argument",
+            ApiError::ApiUndefined { .. } | ApiError::ApiUndefinedInModule { .. } => {
+                "api_undefined"
+            }
+            ApiError::MethodUndefined { .. } => "method_undefined",
+            ApiError::TooManyUrlParams { .. } => "too_many_url_params",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Ambiguous { .. } => "ambiguous_api",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::UriTooLong { .. } => "uri_too_long",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::Plugin { .. } => "plugin_error",
+            ApiError::PluginImport { .. } => "plugin_import_error",
+            ApiError::Unserializable { .. } => "unserializable_result",
+            ApiError::Internal(_) => "internal",
+            ApiError::MethodNotImplemented { .. } => "method_not_implemented",
+            ApiError::Timeout { .. } => "timeout",
+        }
+    }
+
+    /// The JSON body: `status` and `error`, plus this variant's documented extras.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        let status = match self {
+            ApiError::Internal(_) => "Internal server error; see the server log.".to_string(),
+            other => other.to_string(),
+        };
+        body.insert("status".into(), Value::String(status));
+        body.insert("error".into(), Value::String(self.code().into()));
+        match self {
+            ApiError::Ambiguous { candidates, .. } => {
+                body.insert("candidates".into(), json!(candidates));
+            }
+            ApiError::Plugin {
+                exception,
+                traceback,
+                ..
+            } => {
+                body.insert("exception".into(), Value::String(exception.clone()));
+                if let Some(tb) = traceback {
+                    body.insert("traceback".into(), Value::String(tb.clone()));
+                }
+            }
+            ApiError::PluginImport { exception, .. } => {
+                body.insert("exception".into(), Value::String(exception.clone()));
+            }
+            _ => {}
+        }
+        Value::Object(body)
+    }
+
+    /// Extra headers this error carries (`Allow` on a method mismatch).
+    pub fn allow(&self) -> Option<MethodSet> {
+        match self {
+            ApiError::MethodUndefined { allow, .. } => Some(*allow),
+            _ => None,
+        }
+    }
+
+    /// Whether this is dpms's own fault or a plugin's (logged at error level) rather than the
+    /// caller's (logged at debug level at most).
+    pub fn is_server_side(&self) -> bool {
+        self.status().is_server_error()
+    }
+}

@@ -1,0 +1,82 @@
+//! dpms — Dynamic Pluggable MicroServices: plain Python files served as REST endpoints.
+//!
+//! # Layout
+//! - [`config`]: every setting, read from defaults, `.env`, the environment and flags.
+//! - [`telemetry`]: the log subscriber.
+//! - [`server`]: the accept loop and graceful shutdown.
+//! - [`service`]: the request pipeline, the one place its steps are put in order.
+//! - [`router`]: the immutable route table, method sets, `__dir__`.
+//! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
+//! - [`response`]: JSON responses and the success envelope.
+//! - [`error`]: the catalogue of client-visible errors.
+//! - [`plugins`]: plugin files, loading, freshness (watcher + per-request check).
+//! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
+
+pub mod config;
+pub mod error;
+pub mod marshal;
+pub mod plugins;
+pub mod pyhost;
+pub mod response;
+pub mod router;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+/// Starts Python, loads the plugins and serves `listener` until `shutdown` resolves.
+/// `on_ready` runs once the plugins are loaded, before the first connection is accepted.
+pub async fn run(
+    config: config::Config,
+    listener: tokio::net::TcpListener,
+    on_ready: impl FnOnce(),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), pyhost::HostError> {
+    let config = Arc::new(config);
+    let host = Arc::new(pyhost::PyHost::start(&config)?);
+    let registry = plugins::Registry::start(Arc::clone(&config), Arc::clone(&host)).await;
+    log_summary(&config, &registry);
+    on_ready();
+    let app = Arc::new(service::App {
+        config,
+        registry,
+        host,
+    });
+    server::serve(listener, app, shutdown).await;
+    Ok(())
+}
+
+/// The start-up summary: folders, modules, endpoints, import errors.
+fn log_summary(config: &config::Config, registry: &plugins::Registry) {
+    let snap = registry.current();
+    let modules = snap.table.modules();
+    let endpoints: usize = modules.iter().map(|m| m.endpoints.len()).sum();
+    let folders: Vec<String> = config
+        .plugin_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    tracing::info!(folders = ?folders, modules = modules.len(), endpoints, reload = ?config.reload, "plugins ready");
+    for m in modules {
+        let apis: Vec<String> = m
+            .endpoints
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e.methods
+                        .iter()
+                        .map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                    e.api
+                )
+            })
+            .collect();
+        tracing::info!(module = %m.name, alias = m.alias.as_deref().unwrap_or("-"), endpoints = ?apis, "module");
+    }
+    for p in snap.table.problems() {
+        tracing::warn!(file = %p.key, status = p.status, error = %p.error, "plugin not served");
+    }
+}

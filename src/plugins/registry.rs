@@ -1,0 +1,433 @@
+//! The registry: what is loaded from which file, and the current route table.
+//!
+//! Readers take the current [`Snapshot`] (an `Arc`, never locked for long) and check it is
+//! fresh; a change found by the watcher or by a request leads to [`Registry::sync`], which
+//! reconciles the folders with the snapshot under one lock (one reload at a time), imports
+//! what changed — and every module that imported a changed one — and publishes a new snapshot
+//! only once the imports are done. Requests already running keep the snapshot (and the module
+//! objects) they started with.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::watcher::{DirState, FileState, FolderWatcher};
+use crate::config::{Config, ReloadMode};
+use crate::marshal::Signature;
+use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost};
+use crate::router::{is_uuid_segment, Endpoint, FileProblem, MethodSet, Module, RouteTable};
+
+/// A plugin file the snapshot answers for.
+#[derive(Debug, Clone)]
+struct TrackedFile {
+    stem: String,
+    path: PathBuf,
+    state: Arc<FileState>,
+}
+
+/// Everything one request needs to route, consistent with itself.
+pub struct Snapshot {
+    pub table: RouteTable,
+    dirs: Vec<DirState>,
+    files: Vec<TrackedFile>,
+}
+
+impl Snapshot {
+    fn empty() -> Snapshot {
+        Snapshot {
+            table: RouteTable::default(),
+            dirs: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Whether no plugin file was added or removed.
+    pub fn dirs_current(&self) -> bool {
+        self.dirs.iter().all(DirState::is_current)
+    }
+
+    /// Whether every plugin file is as loaded (a stat each; content for racy ones).
+    pub fn files_current(&self) -> bool {
+        self.dirs_current() && self.files.iter().all(|f| f.state.is_current(&f.path))
+    }
+
+    /// Whether `module` and the plugin modules it imported are as loaded.
+    pub fn module_current(&self, module: &Module) -> bool {
+        if !module.file.is_current(&module.path) {
+            return false;
+        }
+        module.deps.iter().all(|dep| {
+            self.files
+                .iter()
+                .find(|f| &f.stem == dep)
+                .is_some_and(|f| f.state.is_current(&f.path))
+        })
+    }
+}
+
+pub struct Registry {
+    config: Arc<Config>,
+    host: Arc<PyHost>,
+    current: RwLock<Arc<Snapshot>>,
+    /// Held for the whole of a reload: one reload at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Set by the watcher; cleared when a sync starts.
+    dirty: Arc<AtomicBool>,
+    watcher: std::sync::Mutex<Option<FolderWatcher>>,
+}
+
+impl Registry {
+    /// Loads every plugin and, unless reloading is off, starts watching the folders.
+    pub async fn start(config: Arc<Config>, host: Arc<PyHost>) -> Arc<Registry> {
+        let registry = Arc::new(Registry {
+            config: Arc::clone(&config),
+            host,
+            current: RwLock::new(Arc::new(Snapshot::empty())),
+            reload_lock: tokio::sync::Mutex::new(()),
+            dirty: Arc::new(AtomicBool::new(false)),
+            watcher: std::sync::Mutex::new(None),
+        });
+        if config.reload != ReloadMode::Never {
+            let (wake, mut woken) = tokio::sync::mpsc::channel(1);
+            match FolderWatcher::start(&config.plugin_dirs, Arc::clone(&registry.dirty), wake) {
+                Ok(w) => {
+                    if let Ok(mut slot) = registry.watcher.lock() {
+                        *slot = Some(w);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(cause = %e, "file watcher unavailable; changes are found by the per-request check only")
+                }
+            }
+            let weak = Arc::downgrade(&registry);
+            tokio::spawn(async move {
+                while woken.recv().await.is_some() {
+                    // Let a burst of events (an editor's save) settle into one reload.
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    let Some(registry) = weak.upgrade() else {
+                        break;
+                    };
+                    if registry.dirty.load(Ordering::Acquire) {
+                        registry.sync(&[]).await;
+                    }
+                }
+            });
+        }
+        registry.sync(&[]).await;
+        registry
+    }
+
+    pub fn reload_mode(&self) -> ReloadMode {
+        self.config.reload
+    }
+
+    /// The snapshot to route with, after the cheap freshness checks of the reload mode.
+    pub async fn snapshot(&self) -> Arc<Snapshot> {
+        let snap = self.current();
+        if self.config.reload == ReloadMode::Never {
+            return snap;
+        }
+        if self.dirty.load(Ordering::Acquire) || !snap.dirs_current() {
+            return self.sync(&[]).await;
+        }
+        snap
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn publish(&self, snap: Arc<Snapshot>) {
+        match self.current.write() {
+            Ok(mut guard) => *guard = snap,
+            Err(poisoned) => *poisoned.into_inner() = snap,
+        }
+    }
+
+    /// Reconciles the folders with the current snapshot; `force` names modules to re-import
+    /// even if unchanged (`DPMS_RELOAD=always`). Returns the snapshot now current.
+    pub async fn sync(&self, force: &[String]) -> Arc<Snapshot> {
+        let _guard = self.reload_lock.lock().await;
+        self.dirty.store(false, Ordering::Release);
+        let old = self.current();
+
+        let dirs: Vec<DirState> = self
+            .config
+            .plugin_dirs
+            .iter()
+            .map(|d| DirState::scan(d))
+            .collect();
+        let mut listing: Vec<(String, PathBuf)> = Vec::new();
+        let mut problems: Vec<FileProblem> = Vec::new();
+        for dir in &dirs {
+            for name in dir.names() {
+                let stem = name.trim_end_matches(".py").to_string();
+                let path = dir.path.join(name);
+                if let Some((_, first)) = listing.iter().find(|(s, _)| *s == stem) {
+                    problems.push(FileProblem {
+                        key: path.display().to_string(),
+                        status: "shadowed",
+                        error: format!(
+                            "`{name}` is shadowed by {} (the first folder wins)",
+                            first.display()
+                        ),
+                    });
+                } else {
+                    listing.push((stem, path));
+                }
+            }
+        }
+
+        // What changed, by file.
+        let old_files: HashMap<&str, &TrackedFile> =
+            old.files.iter().map(|f| (f.stem.as_str(), f)).collect();
+        let mut files: Vec<TrackedFile> = Vec::new();
+        let mut changed: HashSet<String> = HashSet::new();
+        for (stem, path) in &listing {
+            let kept = old_files
+                .get(stem.as_str())
+                .filter(|f| &f.path == path && !force.contains(stem) && f.state.is_current(path));
+            match kept {
+                Some(f) => files.push((*f).clone()),
+                None => match FileState::read(path) {
+                    Ok(state) => {
+                        changed.insert(stem.clone());
+                        files.push(TrackedFile {
+                            stem: stem.clone(),
+                            path: path.clone(),
+                            state: Arc::new(state),
+                        });
+                    }
+                    Err(e) => problems.push(FileProblem {
+                        key: format!("{stem}.py"),
+                        status: "error",
+                        error: format!("cannot read {}: {e}", path.display()),
+                    }),
+                },
+            }
+        }
+        let present: HashSet<&str> = files.iter().map(|f| f.stem.as_str()).collect();
+        let removed: Vec<String> = old
+            .files
+            .iter()
+            .filter(|f| !present.contains(f.stem.as_str()))
+            .map(|f| f.stem.clone())
+            .collect();
+
+        // Every module that imported a changed or removed one is re-imported too.
+        let mut affected: HashSet<String> = changed.iter().chain(&removed).cloned().collect();
+        loop {
+            let more: Vec<String> = old
+                .table
+                .modules()
+                .iter()
+                .filter(|m| present.contains(m.name.as_str()) && !affected.contains(&m.name))
+                .filter(|m| m.deps.iter().any(|d| affected.contains(d)))
+                .map(|m| m.name.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            affected.extend(more);
+        }
+
+        let requests: Vec<LoadRequest> = files
+            .iter()
+            .filter(|f| affected.contains(&f.stem))
+            .map(|f| LoadRequest {
+                name: f.stem.clone(),
+                path: f.path.display().to_string(),
+                source: Arc::clone(&f.state.source),
+            })
+            .collect();
+        let file_map: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.stem.clone(), f.path.display().to_string()))
+            .collect();
+        let started = std::time::Instant::now();
+        let results = if requests.is_empty() && removed.is_empty() {
+            Vec::new()
+        } else {
+            match self
+                .host
+                .load(file_map, removed.clone(), requests.clone())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(cause = %e, "plugin reload failed; keeping the previous modules");
+                    return old;
+                }
+            }
+        };
+        let mut loaded: HashMap<String, Loaded> = requests
+            .iter()
+            .map(|r| r.name.clone())
+            .zip(results)
+            .collect();
+
+        let old_modules: HashMap<&str, &Arc<Module>> = old
+            .table
+            .modules()
+            .iter()
+            .map(|m| (m.name.as_str(), m))
+            .collect();
+        let mut modules: Vec<Arc<Module>> = Vec::new();
+        for f in &files {
+            match loaded.remove(&f.stem) {
+                None => {
+                    if let Some(m) = old_modules.get(f.stem.as_str()) {
+                        modules.push(Arc::clone(m));
+                    } else if let Some(p) = old.table.problem(&format!("{}.py", f.stem)) {
+                        problems.push(p.clone());
+                    }
+                }
+                Some(Loaded::Ok {
+                    description,
+                    handle,
+                }) => {
+                    modules.push(Arc::new(build_module(f, description, handle)));
+                }
+                Some(Loaded::ImportError { error, traceback }) => {
+                    tracing::warn!(module = %f.stem, error = %error, "plugin does not import\n{traceback}");
+                    match old_modules.get(f.stem.as_str()) {
+                        Some(previous) => modules.push(Arc::new(broken(previous, f, error))),
+                        None => problems.push(FileProblem {
+                            key: format!("{}.py", f.stem),
+                            status: "error",
+                            error,
+                        }),
+                    }
+                }
+                Some(Loaded::Refused { error }) => {
+                    tracing::warn!(module = %f.stem, error = %error, "plugin refused");
+                    problems.push(FileProblem {
+                        key: format!("{}.py", f.stem),
+                        status: "error",
+                        error,
+                    });
+                }
+            }
+        }
+        let reloaded = requests.len();
+        let snap = Arc::new(Snapshot {
+            table: RouteTable::build(modules, problems),
+            dirs,
+            files,
+        });
+        if reloaded > 0 || !removed.is_empty() {
+            tracing::info!(
+                reloaded,
+                removed = removed.len(),
+                modules = snap.table.modules().len(),
+                took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "plugins loaded"
+            );
+        }
+        self.publish(Arc::clone(&snap));
+        snap
+    }
+}
+
+/// Turns a module description into a route-table module, checking each endpoint.
+fn build_module(file: &TrackedFile, d: Description, handle: ModuleHandle) -> Module {
+    let mut errors = d.errors;
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for e in d.endpoints {
+        let methods = match MethodSet::parse(&e.methods) {
+            Ok(m) => m,
+            Err(why) => {
+                errors.push(format!("{}: method {why}", e.func));
+                continue;
+            }
+        };
+        if let Err(why) = check_api_name(&e.api) {
+            errors.push(format!("{}: API `{}` {why}", e.func, e.api));
+            continue;
+        }
+        let clash = endpoints
+            .iter()
+            .find(|x| x.api == e.api && !x.methods.intersection(methods).is_empty());
+        if let Some(other) = clash {
+            errors.push(format!(
+                "{}: API `{}` is already defined by `{}` for one of the same methods",
+                e.func, e.api, other.func
+            ));
+            continue;
+        }
+        let key = serde_json::to_string(&format!("{}.{}", file.stem, e.func)).unwrap_or_default();
+        let prefix = format!("{{\"status\":\"OK\",\"response\":{{{key}:");
+        endpoints.push(Endpoint {
+            api: e.api,
+            func: e.func,
+            methods,
+            doc: e.doc,
+            signature: e.signature,
+            params: Signature::new(e.params),
+            meta: if e.meta.is_object() {
+                e.meta
+            } else {
+                Value::Null
+            },
+            envelope_prefix: Bytes::from(prefix),
+            index: e.index,
+        });
+    }
+    for err in &errors {
+        tracing::warn!(module = %file.stem, "{err}");
+    }
+    Module {
+        name: file.stem.clone(),
+        path: file.path.clone(),
+        alias: d.alias,
+        owner: d.owner,
+        public: d.public,
+        endpoints,
+        errors,
+        import_error: None,
+        handle: Some(handle),
+        file: Arc::clone(&file.state),
+        deps: d.deps,
+    }
+}
+
+/// A module whose new version does not import: the previous endpoints, answering 500.
+fn broken(previous: &Module, file: &TrackedFile, error: String) -> Module {
+    Module {
+        name: previous.name.clone(),
+        path: previous.path.clone(),
+        alias: previous.alias.clone(),
+        owner: previous.owner.clone(),
+        public: previous.public.clone(),
+        endpoints: previous.endpoints.clone(),
+        errors: previous.errors.clone(),
+        import_error: Some(error),
+        handle: None,
+        file: Arc::clone(&file.state),
+        deps: previous.deps.clone(),
+    }
+}
+
+/// An API name must be usable as one URL segment and not look like a reserved one.
+fn check_api_name(api: &str) -> Result<(), &'static str> {
+    if api.is_empty() {
+        return Err("is empty");
+    }
+    if api.contains('/') {
+        return Err("contains `/`");
+    }
+    if api.starts_with("__") {
+        return Err("begins with `__`");
+    }
+    if is_uuid_segment(api) {
+        return Err("looks like a UUID, which URLs reserve for the caller's identity");
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Knowing when plugin files changed (SPEC §2 and §10).
+//!
+//! Two mechanisms, because neither alone is exact:
+//! - a `notify` watcher marks the registry dirty and triggers a background reload, so most
+//!   changes are picked up before any request asks;
+//! - a cheap check on the request path ([`FileState::is_current`], [`DirState::is_current`]):
+//!   one `stat` per plugin folder and per called module. A fingerprint (inode, size, mtime,
+//!   ctime) that is unchanged is trusted only once the file's timestamps are older than the
+//!   last verification by more than [`RACY_WINDOW_NS`] — git's "racily clean" rule. Until then,
+//!   timestamps may be too coarse to show a same-size edit, so the content is compared.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use notify::{RecursiveMode, Watcher};
+
+/// How much older than the last verification a file's timestamps must be before an unchanged
+/// fingerprint is trusted without reading the content. Covers a scheduler tick (~4 ms) and
+/// filesystems with one- or two-second timestamps.
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What `stat` says about a file or folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Fingerprint {
+    pub fn of(path: &Path) -> std::io::Result<Fingerprint> {
+        let m = std::fs::metadata(path)?;
+        Ok(Fingerprint {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            ctime_ns: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+        })
+    }
+
+    /// The later of mtime and ctime (ctime cannot be set back by a user).
+    fn changed_ns(&self) -> i64 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
+}
+
+/// A file as last loaded: its fingerprint and exact bytes.
+#[derive(Debug)]
+pub struct FileState {
+    fingerprint: Fingerprint,
+    pub source: Arc<Vec<u8>>,
+    /// When the content was last known to match `source` (ns since the epoch).
+    verified_ns: AtomicI64,
+}
+
+impl FileState {
+    /// Reads a file, fingerprinting it *before* reading so a write during the read shows up as
+    /// a change at the next check.
+    pub fn read(path: &Path) -> std::io::Result<FileState> {
+        let verified = now_ns();
+        let fingerprint = Fingerprint::of(path)?;
+        let source = std::fs::read(path)?;
+        Ok(FileState {
+            fingerprint,
+            source: Arc::new(source),
+            verified_ns: AtomicI64::new(verified),
+        })
+    }
+
+    /// Whether `path` still holds exactly what was loaded.
+    pub fn is_current(&self, path: &Path) -> bool {
+        let Ok(fp) = Fingerprint::of(path) else {
+            return false;
+        };
+        if fp != self.fingerprint {
+            return false;
+        }
+        if fp.changed_ns() < self.verified_ns.load(Ordering::Acquire) - RACY_WINDOW_NS {
+            return true;
+        }
+        let now = now_ns();
+        match std::fs::read(path) {
+            Ok(bytes) if bytes == *self.source => {
+                self.verified_ns.store(now, Ordering::Release);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A plugin folder as last scanned: its fingerprint and its `*.py` names.
+#[derive(Debug)]
+pub struct DirState {
+    pub path: PathBuf,
+    fingerprint: Option<Fingerprint>,
+    names: Vec<String>,
+    verified_ns: AtomicI64,
+}
+
+impl DirState {
+    /// Lists a folder's plugin files (`*.py`, not `__init__.py`), sorted by name.
+    pub fn scan(path: &Path) -> DirState {
+        let verified = now_ns();
+        let fingerprint = Fingerprint::of(path).ok();
+        DirState {
+            path: path.to_path_buf(),
+            fingerprint,
+            names: list_plugins(path),
+            verified_ns: AtomicI64::new(verified),
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the folder still lists the same plugin files.
+    pub fn is_current(&self) -> bool {
+        let fp = Fingerprint::of(&self.path).ok();
+        if fp != self.fingerprint {
+            return false;
+        }
+        let trusted = fp.is_some_and(|fp| {
+            fp.changed_ns() < self.verified_ns.load(Ordering::Acquire) - RACY_WINDOW_NS
+        });
+        if trusted {
+            return true;
+        }
+        let now = now_ns();
+        if list_plugins(&self.path) == self.names {
+            self.verified_ns.store(now, Ordering::Release);
+            return true;
+        }
+        false
+    }
+}
+
+fn list_plugins(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let is_plugin = name.ends_with(".py") && name != "__init__.py" && name.len() > 3;
+            (is_plugin && e.path().is_file()).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Keeps a `notify` watcher on the plugin folders alive; dropping it stops watching.
+pub struct FolderWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl FolderWatcher {
+    /// Watches `dirs` (not recursively). On any event `dirty` is set and `wake` is poked.
+    pub fn start(
+        dirs: &[PathBuf],
+        dirty: Arc<AtomicBool>,
+        wake: tokio::sync::mpsc::Sender<()>,
+    ) -> notify::Result<FolderWatcher> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let relevant = match &event {
+                    Ok(e) => {
+                        e.paths.is_empty()
+                            || e.paths
+                                .iter()
+                                .any(|p| p.extension().is_some_and(|x| x == "py"))
+                    }
+                    Err(_) => true,
+                };
+                if relevant {
+                    dirty.store(true, Ordering::Release);
+                    let _ = wake.try_send(());
+                }
+            })?;
+        for dir in dirs {
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        }
+        Ok(FolderWatcher { _watcher: watcher })
+    }
+}

@@ -1,0 +1,291 @@
+//! `PyHost`: the embedded CPython and the only module tree that imports pyo3.
+//!
+//! The interpreter is started once with an explicit, isolated `PyConfig` whose home is the
+//! prefix of `/usr/bin/python3.11` (SPEC §10: otherwise it finds its home through `PATH`).
+//! Python code runs only on dedicated OS threads that attach once and detach while they wait
+//! for a job ([`worker`]); the async side sends jobs over a channel and awaits a oneshot. Every
+//! plugin call goes through [`PyHost::call`], the one narrow boundary later scheduling work
+//! (worker processes, inline fast path) will change.
+
+mod convert;
+mod introspect;
+mod request;
+mod worker;
+
+use std::ffi::CStr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use tokio::sync::oneshot;
+
+pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
+pub use request::RequestInfo;
+
+use crate::config::Config;
+use crate::marshal::CallArgs;
+use crate::router::Module;
+
+/// The interpreter dpms embeds and the prefix it runs from (checked by `build.rs`).
+pub const PYTHON_EXE: &CStr = c"/usr/bin/python3.11";
+const PYTHON_HOME: &CStr = c"/usr";
+
+/// The helper module, compiled into the binary so it cannot drift from the Rust that calls it.
+const HOST_SOURCE: &str = include_str!("../../python/dpms/_host.py");
+
+/// The packages plugin authors import, bundled so the binary works outside the source tree:
+/// `(module name, is package, file name, source)`, in the order they must execute.
+const PACKAGES: &[(&str, bool, &str, &str)] = &[
+    (
+        "dpms.expose",
+        false,
+        "dpms/expose.py",
+        include_str!("../../python/dpms/expose.py"),
+    ),
+    (
+        "dpms.response",
+        false,
+        "dpms/response.py",
+        include_str!("../../python/dpms/response.py"),
+    ),
+    (
+        "dpms",
+        true,
+        "dpms/__init__.py",
+        include_str!("../../python/dpms/__init__.py"),
+    ),
+    (
+        "vyperlogix",
+        true,
+        "vyperlogix/__init__.py",
+        include_str!("../../python/vyperlogix/__init__.py"),
+    ),
+    (
+        "vyperlogix.decorators",
+        true,
+        "vyperlogix/decorators/__init__.py",
+        include_str!("../../python/vyperlogix/decorators/__init__.py"),
+    ),
+];
+
+/// Failures starting Python.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot start the embedded Python (`/usr/bin/python3.11`): {0}")]
+    Init(String),
+    #[error("the dpms Python helper failed to start: {0}")]
+    Setup(String),
+}
+
+/// The loaded Python objects of one module: the module and its endpoint functions.
+#[derive(Debug)]
+pub struct ModuleHandle {
+    #[allow(dead_code)] // kept alive so the module's globals live as long as its routes
+    module: Py<PyAny>,
+    funcs: Vec<Py<PyAny>>,
+}
+
+/// What a successful call produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The result as JSON text, to be wrapped in the success envelope.
+    Json(Vec<u8>),
+    /// A `dpms.Response`, sent as is.
+    Custom {
+        status: u16,
+        headers: Vec<(String, String)>,
+        content_type: String,
+        body: Vec<u8>,
+    },
+}
+
+/// Why a call produced no [`Outcome`].
+#[derive(Debug)]
+pub enum CallFailure {
+    /// The plugin raised: `"ValueError: boom"` and the formatted traceback.
+    Raised {
+        exception: String,
+        traceback: String,
+    },
+    /// The result cannot be converted to JSON.
+    Unserializable(String),
+    /// A fault of dpms itself.
+    Internal(String),
+}
+
+pub type CallResult = Result<Outcome, CallFailure>;
+
+/// The outcome of importing one file.
+pub enum Loaded {
+    Ok {
+        description: Description,
+        handle: ModuleHandle,
+    },
+    ImportError {
+        error: String,
+        traceback: String,
+    },
+    Refused {
+        error: String,
+    },
+}
+
+/// The embedded interpreter and its threads.
+pub struct PyHost {
+    jobs: crossbeam_channel::Sender<worker::Job>,
+}
+
+impl PyHost {
+    /// Starts Python (once per process), installs the bundled packages and the helper, and
+    /// starts `config.py_threads` Python threads.
+    pub fn start(config: &Config) -> Result<PyHost, HostError> {
+        init_interpreter()?;
+        let extra_paths = venv_site_packages(config);
+        Python::attach(|py| setup(py, config, &extra_paths)).map_err(HostError::Setup)?;
+        let jobs = worker::spawn(config.py_threads);
+        Ok(PyHost { jobs })
+    }
+
+    /// Runs one plugin call on a Python thread. The caller applies the deadline.
+    pub fn call(
+        &self,
+        module: Arc<Module>,
+        endpoint: usize,
+        args: CallArgs,
+        request: Arc<RequestInfo>,
+    ) -> oneshot::Receiver<CallResult> {
+        let (reply, rx) = oneshot::channel();
+        let job = worker::Job::Call(worker::CallJob {
+            module,
+            endpoint,
+            args,
+            request,
+            reply,
+        });
+        // A send fails only when every Python thread is gone; the dropped reply then reads as
+        // an internal error at the caller.
+        let _ = self.jobs.send(job);
+        rx
+    }
+
+    /// Imports a batch of files afresh (see `_host.load_batch`). `files` is the complete
+    /// stem → path map of the plugin folders; `forget` lists modules whose files are gone.
+    pub async fn load(
+        &self,
+        files: Vec<(String, String)>,
+        forget: Vec<String>,
+        requests: Vec<LoadRequest>,
+    ) -> Result<Vec<Loaded>, String> {
+        let (reply, rx) = oneshot::channel();
+        let job = worker::Job::Load {
+            files,
+            forget,
+            requests,
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| "no Python thread is running".to_string())?;
+        rx.await
+            .map_err(|_| "the Python thread loading plugins stopped".to_string())?
+    }
+}
+
+/// Starts the interpreter with an isolated configuration: no environment variables (so neither
+/// `PYTHONPATH` nor an activated venv can swap the standard library), no signal handlers (tokio
+/// owns SIGINT/SIGTERM), no bytecode writing. Leaves the GIL released.
+fn init_interpreter() -> Result<(), HostError> {
+    use pyo3::ffi;
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        // SAFETY: runs once per process (OnceLock) before any other use of the C API; the
+        // config is initialised by CPython before it is read and cleared after use.
+        unsafe {
+            if ffi::Py_IsInitialized() != 0 {
+                return Ok(());
+            }
+            let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::zeroed();
+            ffi::PyConfig_InitIsolatedConfig(config.as_mut_ptr());
+            let mut config = config.assume_init();
+            config.install_signal_handlers = 0;
+            config.write_bytecode = 0;
+            config.user_site_directory = 0;
+            let checks = [
+                ffi::PyConfig_SetBytesString(&mut config, &mut config.home, PYTHON_HOME.as_ptr()),
+                ffi::PyConfig_SetBytesString(
+                    &mut config,
+                    &mut config.program_name,
+                    PYTHON_EXE.as_ptr(),
+                ),
+            ];
+            for status in checks {
+                if ffi::PyStatus_Exception(status) != 0 {
+                    ffi::PyConfig_Clear(&mut config);
+                    return Err(status_message(&status));
+                }
+            }
+            let status = ffi::Py_InitializeFromConfig(&config);
+            ffi::PyConfig_Clear(&mut config);
+            if ffi::PyStatus_Exception(status) != 0 {
+                return Err(status_message(&status));
+            }
+            // Release the GIL this thread holds after initialisation: Python runs on our threads.
+            ffi::PyEval_SaveThread();
+        }
+        Ok(())
+    });
+    started.clone().map_err(HostError::Init)
+}
+
+fn status_message(status: &pyo3::ffi::PyStatus) -> String {
+    if status.err_msg.is_null() {
+        return "unknown error".into();
+    }
+    // SAFETY: CPython sets err_msg to a static NUL-terminated string.
+    unsafe { CStr::from_ptr(status.err_msg) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `<venv>/lib/python3.11/site-packages`, if `DPMS_VENV`/`VIRTUAL_ENV` names a 3.11 venv.
+fn venv_site_packages(config: &Config) -> Vec<String> {
+    let Some(venv) = &config.venv else {
+        return Vec::new();
+    };
+    let site: PathBuf = venv.join("lib/python3.11/site-packages");
+    if site.is_dir() {
+        vec![site.display().to_string()]
+    } else {
+        tracing::warn!(venv = %venv.display(), "ignoring the virtual environment: it has no lib/python3.11/site-packages");
+        Vec::new()
+    }
+}
+
+/// The `_host` helper module, loaded once per interpreter.
+static HOST: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn host_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    HOST.get_or_try_init(py, || {
+        let source = std::ffi::CString::new(HOST_SOURCE)
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        PyModule::from_code(py, &source, c"dpms/_host.py", c"dpms._host").map(Bound::unbind)
+    })
+    .map(|m| m.bind(py))
+}
+
+fn setup(py: Python<'_>, config: &Config, extra_paths: &[String]) -> Result<(), String> {
+    let run = || -> PyResult<()> {
+        let host = host_module(py)?;
+        host.call_method1("install_packages", (PACKAGES.to_vec(),))?;
+        let dirs: Vec<String> = config
+            .plugin_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        let native = Py::new(py, worker::Native)?;
+        host.call_method1("setup", (native, dirs, extra_paths.to_vec()))?;
+        Ok(())
+    };
+    run().map_err(|e| e.to_string())
+}

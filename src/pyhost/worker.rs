@@ -1,0 +1,369 @@
+//! The Python threads. Each attaches to the interpreter once, for its whole life, and detaches
+//! while it waits for the next job (SPEC §10, "Thread states"): no thread state is created per
+//! call and `threading.local` survives. A call that blocks (`time.sleep`, I/O) holds only its
+//! own thread; a coroutine is handed to the helper's asyncio loop and the thread moves on.
+
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use tokio::sync::oneshot;
+
+use super::convert::{to_py, write_json};
+use super::request::{PyRequest, RequestInfo};
+use super::{
+    host_module, CallFailure, CallResult, LoadRequest, Loaded, ModuleHandle, Outcome, Report,
+};
+use crate::marshal::CallArgs;
+use crate::router::Module;
+
+/// Work for a Python thread.
+pub enum Job {
+    Call(CallJob),
+    Load {
+        files: Vec<(String, String)>,
+        forget: Vec<String>,
+        requests: Vec<LoadRequest>,
+        reply: oneshot::Sender<Result<Vec<Loaded>, String>>,
+    },
+}
+
+pub struct CallJob {
+    pub module: Arc<Module>,
+    pub endpoint: usize,
+    pub args: CallArgs,
+    pub request: Arc<RequestInfo>,
+    pub reply: oneshot::Sender<CallResult>,
+}
+
+thread_local! {
+    /// The module whose code this thread is running, to tag captured `print` output.
+    static CURRENT_MODULE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Starts `count` Python threads sharing one job queue.
+pub fn spawn(count: usize) -> crossbeam_channel::Sender<Job> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    for i in 0..count {
+        let rx = rx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dpms-py-{i}"))
+            .spawn(move || thread_main(rx));
+        if let Err(e) = spawned {
+            tracing::error!(cause = %e, "cannot start a Python thread");
+        }
+    }
+    tx
+}
+
+fn thread_main(rx: crossbeam_channel::Receiver<Job>) {
+    Python::attach(|py| loop {
+        let Ok(job) = py.detach(|| rx.recv()) else {
+            return;
+        };
+        // A panic in one job must not shrink the pool: the job's reply is dropped, which its
+        // caller reports as an internal error.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
+            Job::Call(call) => run_call(py, call),
+            Job::Load {
+                files,
+                forget,
+                requests,
+                reply,
+            } => {
+                let _ =
+                    reply.send(run_load(py, files, forget, requests).map_err(|e| e.to_string()));
+            }
+        }));
+        if outcome.is_err() {
+            tracing::error!("a Python thread job panicked");
+        }
+        CURRENT_MODULE.with(|m| m.borrow_mut().take());
+    });
+}
+
+fn run_call(py: Python<'_>, job: CallJob) {
+    let CallJob {
+        module,
+        endpoint,
+        args,
+        request,
+        reply,
+    } = job;
+    let Some(handle) = &module.handle else {
+        let _ = reply.send(Err(CallFailure::Internal(format!(
+            "module `{}` has no loaded code",
+            module.name
+        ))));
+        return;
+    };
+    let Some(func) = module
+        .endpoints
+        .get(endpoint)
+        .and_then(|e| handle.funcs.get(e.index))
+    else {
+        let _ = reply.send(Err(CallFailure::Internal(
+            "endpoint index out of range".into(),
+        )));
+        return;
+    };
+    CURRENT_MODULE.with(|m| *m.borrow_mut() = Some(module.name.clone()));
+    let called =
+        build_args(py, &args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
+    match called {
+        Ok(value) if needs_await(py, &value) => {
+            if let Err(e) = submit(py, value, reply) {
+                tracing::error!(cause = %e, "cannot schedule a coroutine");
+            }
+        }
+        Ok(value) => {
+            let _ = reply.send(outcome(py, &value));
+        }
+        Err(err) => {
+            let _ = reply.send(Err(raised(
+                py,
+                err.into_value(py).into_bound(py).into_any(),
+            )));
+        }
+    }
+}
+
+fn build_args<'py>(
+    py: Python<'py>,
+    args: &CallArgs,
+    request: Arc<RequestInfo>,
+) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+    let positional = args
+        .args
+        .iter()
+        .map(|v| to_py(py, v))
+        .collect::<PyResult<Vec<_>>>()?;
+    let tuple = PyTuple::new(py, positional)?;
+    let kwargs = PyDict::new(py);
+    for (k, v) in &args.kwargs {
+        kwargs.set_item(PyString::new(py, k), to_py(py, v)?)?;
+    }
+    if args.pass_request {
+        kwargs.set_item(
+            intern!(py, "__request__"),
+            Py::new(py, PyRequest::new(request))?,
+        )?;
+    }
+    Ok((tuple, kwargs))
+}
+
+/// Whether a result must be awaited (an `async def` endpoint, or one returning an awaitable).
+/// The common result types answer without a Python call.
+fn needs_await(py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
+    if value.is_exact_instance_of::<PyDict>()
+        || value.is_exact_instance_of::<PyList>()
+        || value.is_exact_instance_of::<PyString>()
+        || value.is_exact_instance_of::<PyInt>()
+        || value.is_exact_instance_of::<PyBool>()
+        || value.is_exact_instance_of::<PyFloat>()
+        || value.is_exact_instance_of::<PyTuple>()
+        || value.is_none()
+    {
+        return false;
+    }
+    static IS_AWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    IS_AWAITABLE
+        .import(py, "inspect", "isawaitable")
+        .and_then(|f| f.call1((value,)))
+        .and_then(|r| r.is_truthy())
+        .unwrap_or(false)
+}
+
+/// Converts a plugin's return value into an [`Outcome`].
+fn outcome(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
+    static RESPONSE: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+    let is_response = RESPONSE
+        .import(py, "dpms", "Response")
+        .is_ok_and(|t| value.is_instance(t).unwrap_or(false));
+    if is_response {
+        return custom_response(py, value);
+    }
+    let mut out = Vec::with_capacity(256);
+    write_json(py, value, &mut out).map_err(|e| CallFailure::Unserializable(e.0))?;
+    Ok(Outcome::Json(out))
+}
+
+/// A `dpms.Response`: status, headers and body as the plugin chose them.
+fn custom_response(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
+    let bad = |what: &str| CallFailure::Unserializable(format!("dpms.Response {what}"));
+    let status: u16 = value
+        .getattr(intern!(py, "status"))
+        .and_then(|s| s.extract())
+        .map_err(|_| bad("status must be an integer from 100 to 599"))?;
+    if !(100..=599).contains(&status) {
+        return Err(bad("status must be an integer from 100 to 599"));
+    }
+    let mut headers = Vec::new();
+    if let Ok(h) = value.getattr(intern!(py, "headers")) {
+        if let Ok(d) = h.cast::<PyDict>() {
+            for (k, v) in d.iter() {
+                let k = k
+                    .str()
+                    .map_err(|_| bad("header names must be strings"))?
+                    .to_string_lossy()
+                    .into_owned();
+                let v = v
+                    .str()
+                    .map_err(|_| bad("header values must be strings"))?
+                    .to_string_lossy()
+                    .into_owned();
+                headers.push((k, v));
+            }
+        }
+    }
+    let content_type: Option<String> = value
+        .getattr(intern!(py, "content_type"))
+        .ok()
+        .and_then(|c| c.extract().ok());
+    let body = value
+        .getattr(intern!(py, "body"))
+        .map_err(|_| bad("has no body"))?;
+    let (body, default_type) = if body.is_none() {
+        (Vec::new(), "application/json; charset=utf-8")
+    } else if let Ok(s) = body.cast::<PyString>() {
+        (
+            s.to_string_lossy().into_owned().into_bytes(),
+            "text/plain; charset=utf-8",
+        )
+    } else if let Ok(b) = body.cast::<PyBytes>() {
+        (b.as_bytes().to_vec(), "application/octet-stream")
+    } else {
+        let mut out = Vec::new();
+        write_json(py, &body, &mut out).map_err(|e| CallFailure::Unserializable(e.0))?;
+        (out, "application/json; charset=utf-8")
+    };
+    Ok(Outcome::Custom {
+        status,
+        headers,
+        content_type: content_type.unwrap_or_else(|| default_type.to_string()),
+        body,
+    })
+}
+
+/// A raised exception as the client and the log see it.
+fn raised(py: Python<'_>, exc: Bound<'_, PyAny>) -> CallFailure {
+    let line = host_module(py)
+        .and_then(|h| h.call_method1(intern!(py, "exception_line"), (&exc,)))
+        .and_then(|s| s.extract::<String>());
+    let text = host_module(py)
+        .and_then(|h| h.call_method1(intern!(py, "exception_text"), (&exc,)))
+        .and_then(|s| s.extract::<String>());
+    match (line, text) {
+        (Ok(exception), Ok(traceback)) => CallFailure::Raised {
+            exception,
+            traceback,
+        },
+        (line, _) => CallFailure::Internal(format!("cannot format a plugin exception: {line:?}")),
+    }
+}
+
+/// Hands an awaitable to the helper's event loop; [`Completion`] replies when it finishes.
+fn submit(
+    py: Python<'_>,
+    awaitable: Bound<'_, PyAny>,
+    reply: oneshot::Sender<CallResult>,
+) -> PyResult<()> {
+    let completion = Py::new(
+        py,
+        Completion {
+            reply: Mutex::new(Some(reply)),
+        },
+    )?;
+    host_module(py)?.call_method1(intern!(py, "submit"), (awaitable, completion))?;
+    Ok(())
+}
+
+/// Called by the helper on the event loop's thread with `(ok, value)` when a coroutine ends.
+#[pyclass(frozen)]
+struct Completion {
+    reply: Mutex<Option<oneshot::Sender<CallResult>>>,
+}
+
+#[pymethods]
+impl Completion {
+    fn __call__(&self, py: Python<'_>, ok: bool, value: Bound<'_, PyAny>) {
+        let result = if ok {
+            outcome(py, &value)
+        } else {
+            Err(raised(py, value))
+        };
+        let sender = self.reply.lock().ok().and_then(|mut r| r.take());
+        if let Some(sender) = sender {
+            let _ = sender.send(result);
+        }
+    }
+}
+
+/// Rust functions the helper calls back.
+#[pyclass(frozen)]
+pub struct Native;
+
+#[pymethods]
+impl Native {
+    /// One line a plugin printed, into the server log, tagged with the module running it.
+    fn log(&self, stream: &str, line: &str) {
+        CURRENT_MODULE.with(|m| {
+            let module = m.borrow();
+            let module = module.as_deref().unwrap_or("-");
+            if stream == "stderr" {
+                tracing::warn!(target: "dpms::plugin", module, stream, "{line}");
+            } else {
+                tracing::info!(target: "dpms::plugin", module, stream, "{line}");
+            }
+        });
+    }
+}
+
+fn run_load(
+    py: Python<'_>,
+    files: Vec<(String, String)>,
+    forget: Vec<String>,
+    requests: Vec<LoadRequest>,
+) -> PyResult<Vec<Loaded>> {
+    let host = host_module(py)?;
+    let map = PyDict::new(py);
+    for (stem, path) in &files {
+        map.set_item(stem, path)?;
+    }
+    host.call_method1(intern!(py, "set_files"), (map,))?;
+    for name in forget {
+        host.call_method1(intern!(py, "forget"), (name,))?;
+    }
+    let batch = requests
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_str(),
+                r.path.as_str(),
+                PyBytes::new(py, &r.source),
+            )
+        })
+        .collect::<Vec<_>>();
+    let names: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
+    let results = host.call_method1(intern!(py, "load_batch"), (batch,))?;
+    let mut loaded = Vec::with_capacity(names.len());
+    for (item, name) in results.try_iter()?.zip(names) {
+        let (json, funcs, module): (String, Vec<Py<PyAny>>, Py<PyAny>) = item?.extract()?;
+        let report: Report = serde_json::from_str(&json).map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!("bad description of `{name}`: {e}"))
+        })?;
+        loaded.push(match report {
+            Report::Ok(description) => Loaded::Ok {
+                description,
+                handle: ModuleHandle { module, funcs },
+            },
+            Report::ImportError { error, traceback } => Loaded::ImportError { error, traceback },
+            Report::Refused { error } => Loaded::Refused { error },
+        });
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,61 @@
+//! Building responses: the JSON content type on everything dpms writes itself, the success
+//! envelope around a plugin's result, and error bodies from the catalogue.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+pub type Body = Full<Bytes>;
+
+pub const JSON: &str = "application/json; charset=utf-8";
+
+/// A response whose body is JSON text.
+pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    resp
+}
+
+pub fn json_value(status: StatusCode, body: &Value) -> Response<Body> {
+    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// `{"status":"OK","response":{"<module>.<func>":<result>}}` from the endpoint's precomputed
+/// prefix and the result's JSON.
+pub fn envelope(prefix: &Bytes, result: &[u8]) -> Response<Body> {
+    let mut body = Vec::with_capacity(prefix.len() + result.len() + 2);
+    body.extend_from_slice(prefix);
+    body.extend_from_slice(result);
+    body.extend_from_slice(b"}}");
+    json_bytes(StatusCode::OK, body)
+}
+
+/// The error's JSON body, status and `Allow` header.
+pub fn error(err: &ApiError) -> Response<Body> {
+    let mut resp = json_value(err.status(), &err.body());
+    if let Some(allow) = err.allow() {
+        set_header(&mut resp, ALLOW, &allow.to_string());
+    }
+    resp
+}
+
+/// `204 No Content` with an `Allow` header, for OPTIONS.
+pub fn options(allow: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    set_header(&mut resp, ALLOW, allow);
+    resp
+}
+
+/// Sets a header, skipping values that are not valid header text.
+pub fn set_header(resp: &mut Response<Body>, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert(name, v);
+    }
+}
