@@ -48,7 +48,8 @@ def server(tmp_root):
         srv.stop()
 
 
-def _launcher(tmp_root):
+def _servers(tmp_root):
+    """Yields a ``start(env=None, plugin_dirs=None)`` function; stops what it started."""
     launcher = Launcher(tmp_root)
 
     def start(env=None, plugin_dirs=None):
@@ -57,43 +58,39 @@ def _launcher(tmp_root):
         except RuntimeError as e:
             pytest.fail(str(e), pytrace=False)
 
-    return launcher, start
+    try:
+        yield start
+    finally:
+        launcher.close()
+
+
+def _writer(request):
+    """Yields a plugin writer for the shared server's folder; removes what it wrote."""
+    writer = PluginWriter(lambda: request.getfixturevalue("server").plugin_dir)
+    try:
+        yield writer
+    finally:
+        writer.cleanup()
 
 
 @pytest.fixture
 def start_server(tmp_root):
-    launcher, start = _launcher(tmp_root)
-    try:
-        yield start
-    finally:
-        launcher.close()
+    yield from _servers(tmp_root)
 
 
 @pytest.fixture(scope="module")
 def start_module_server(tmp_root):
-    launcher, start = _launcher(tmp_root)
-    try:
-        yield start
-    finally:
-        launcher.close()
+    yield from _servers(tmp_root)
 
 
 @pytest.fixture
 def write_plugin(request):
-    writer = PluginWriter(lambda: request.getfixturevalue("server").plugin_dir)
-    try:
-        yield writer
-    finally:
-        writer.cleanup()
+    yield from _writer(request)
 
 
 @pytest.fixture(scope="module")
 def write_module_plugin(request):
-    writer = PluginWriter(lambda: request.getfixturevalue("server").plugin_dir)
-    try:
-        yield writer
-    finally:
-        writer.cleanup()
+    yield from _writer(request)
 
 
 @pytest.fixture

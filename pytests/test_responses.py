@@ -1,6 +1,7 @@
 """SPEC §6: result conversion, ``dpms.Response``, plugin errors, DEBUG tracebacks, timeouts."""
 
 import base64
+import json
 import time
 import uuid
 
@@ -136,18 +137,13 @@ def alive():
 """
 
 
+# The expected shapes, built from JSON text rather than with the plugin's own loops.
 def nested(depth):
-    v = []
-    for _ in range(depth):
-        v = [v]
-    return v
+    return json.loads("[" * (depth + 1) + "]" * (depth + 1))
 
 
 def nested_dict(depth):
-    v = {}
-    for _ in range(depth):
-        v = {"k": v}
-    return v
+    return json.loads('{"k":' * depth + "{}" + "}" * depth)
 
 
 @pytest.fixture(scope="module")

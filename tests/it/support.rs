@@ -41,6 +41,12 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `(status, error code)` of an error response.
+    pub fn error(&self) -> (u16, String) {
+        let code = self.json()["error"].as_str().unwrap_or("").to_string();
+        (self.status, code)
+    }
+
     /// The single result under `response` in the success envelope.
     pub fn result(&self) -> Value {
         let body = self.json();
