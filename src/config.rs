@@ -98,6 +98,11 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A Python 3.11 virtual environment whose site-packages plugins may import from (`VIRTUAL_ENV` is used when this is unset).",
     },
     Setting {
+        name: "DPMS_WORKERS",
+        default: "number of CPUs",
+        doc: "Worker processes, each with its own interpreter, sharing the port; a worker that dies is replaced.",
+    },
+    Setting {
         name: "DPMS_PY_THREADS",
         default: "32",
         doc: "Python threads that run plugin calls; a call that blocks holds one of them.",
@@ -149,8 +154,13 @@ pub struct Config {
     /// The virtual environment whose site-packages are appended to `sys.path`.
     pub venv: Option<PathBuf>,
     pub py_threads: usize,
+    /// Worker processes under the supervisor.
+    pub workers: usize,
     pub shutdown_time: Duration,
     pub log_filter: String,
+    /// A folder shared by the workers of one supervisor (not a user setting: the supervisor
+    /// sets it); see `plugins::registry` for what is kept there.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A configuration that cannot be used; the message is the one line printed at start.
@@ -180,6 +190,7 @@ pub struct Overrides {
     pub plugins: Option<String>,
     pub reload: Option<String>,
     pub py_threads: Option<String>,
+    pub workers: Option<String>,
 }
 
 /// Where setting values come from, before they are checked.
@@ -229,6 +240,7 @@ impl Sources {
             ("plugins", overrides.plugins),
             ("DPMS_RELOAD", overrides.reload),
             ("DPMS_PY_THREADS", overrides.py_threads),
+            ("DPMS_WORKERS", overrides.workers),
         ];
         for (key, value) in pairs {
             if let Some(value) = value {
@@ -398,6 +410,15 @@ impl Sources {
                 "expected 1 to 1024",
             ));
         }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers: usize = self.parsed("DPMS_WORKERS", cpus, "expected a whole number")?;
+        if !(1..=256).contains(&workers) {
+            return Err(invalid(
+                "DPMS_WORKERS",
+                &workers.to_string(),
+                "expected 1 to 256",
+            ));
+        }
         let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
 
         Ok(Config {
@@ -415,8 +436,10 @@ impl Sources {
             admin_id,
             venv,
             py_threads,
+            workers,
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
+            state_dir: None,
         })
     }
 }

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: every setting, read from defaults, `.env`, the environment and flags.
 //! - [`telemetry`]: the log subscriber.
-//! - [`server`]: the accept loop and graceful shutdown.
+//! - [`supervisor`]: `dpms serve`: the listener and the worker processes kept alive.
+//! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
@@ -21,14 +22,17 @@ pub mod response;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod supervisor;
 pub mod telemetry;
 
 use std::sync::Arc;
 
 /// Starts Python, loads the plugins and serves `listener` until `shutdown` resolves.
 /// `on_ready` runs once the plugins are loaded, before the first connection is accepted.
+/// `worker` is this process's worker index (`X-Dpms-Worker`).
 pub async fn run(
     config: config::Config,
+    worker: usize,
     listener: tokio::net::TcpListener,
     on_ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
@@ -38,11 +42,7 @@ pub async fn run(
     let registry = plugins::Registry::start(Arc::clone(&config), Arc::clone(&host)).await;
     log_summary(&config, &registry);
     on_ready();
-    let app = Arc::new(service::App {
-        config,
-        registry,
-        host,
-    });
+    let app = Arc::new(service::App::new(config, registry, host, worker));
     server::serve(listener, app, shutdown).await;
     Ok(())
 }

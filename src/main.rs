@@ -1,11 +1,16 @@
 //! The `dpms` binary: parses the command line, sets up logging, binds the listener and hands
-//! over to [`dpms::run`]. Nothing else lives here.
+//! over to the supervisor (`serve`), a worker (`worker`, started by the supervisor) or, with
+//! `--single-process`, [`dpms::run`] in this process. Nothing else lives here.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use dpms::config::{Overrides, Sources};
+use dpms::config::{Config, Overrides, Sources};
+use dpms::supervisor::{self, Plan, WorkerEnv};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +31,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print every setting with its default, as a Markdown table.
     Settings,
+    /// A worker process; started by `dpms serve`, not by hand.
+    #[command(hide = true)]
+    Worker(ServeArgs),
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -42,23 +50,63 @@ struct ServeArgs {
     /// changed | always | never (DPMS_RELOAD).
     #[arg(long)]
     reload: Option<String>,
-    /// Python threads running plugin calls (DPMS_PY_THREADS).
+    /// Python threads running plugin calls in each worker (DPMS_PY_THREADS).
     #[arg(long)]
     py_threads: Option<String>,
+    /// Worker processes (DPMS_WORKERS; default: number of CPUs).
+    #[arg(long)]
+    workers: Option<String>,
+    /// Run everything in this one process (debugging: a crashing plugin takes the server down).
+    #[arg(long)]
+    single_process: bool,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            host: self.host.clone(),
+            port: self.port.clone(),
+            plugins: self.plugins.clone(),
+            reload: self.reload.clone(),
+            py_threads: self.py_threads.clone(),
+            workers: self.workers.clone(),
+        }
+    }
+
+    /// The flags a worker needs to read the same configuration as its supervisor.
+    fn worker_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let pairs = [
+            ("--plugins", &self.plugins),
+            ("--reload", &self.reload),
+            ("--py-threads", &self.py_threads),
+        ];
+        for (flag, value) in pairs {
+            if let Some(v) = value {
+                args.push(flag.to_string());
+                args.push(v.clone());
+            }
+        }
+        args
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let args = match cli.command {
+    let result = match cli.command {
         Some(Command::Settings) => {
             print!("{}", dpms::config::settings_table());
             return ExitCode::SUCCESS;
         }
-        Some(Command::Serve(args)) => args,
-        None => cli.serve,
+        Some(Command::Worker(args)) => worker(&args),
+        Some(Command::Serve(args)) => serve(&args),
+        None => serve(&cli.serve),
     };
-    match serve(args) {
-        Ok(()) => ExitCode::SUCCESS,
+    match result {
+        Ok(()) => {
+            // Python threads may still be inside a plugin: exit without waiting for them.
+            std::process::exit(0);
+        }
         Err(message) => {
             eprintln!("dpms: {message}");
             ExitCode::FAILURE
@@ -66,44 +114,123 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+/// Reads and checks the settings, then starts logging.
+fn configure(args: &ServeArgs) -> Result<Config, String> {
     let workdir =
         std::env::current_dir().map_err(|e| format!("cannot read the working folder: {e}"))?;
-    let overrides = Overrides {
-        host: args.host,
-        port: args.port,
-        plugins: args.plugins,
-        reload: args.reload,
-        py_threads: args.py_threads,
-    };
-    let sources = Sources::load(&workdir, overrides).map_err(|e| e.to_string())?;
+    let sources = Sources::load(&workdir, args.overrides()).map_err(|e| e.to_string())?;
     let config = sources.config(&workdir).map_err(|e| e.to_string())?;
     dpms::telemetry::init(&config.log_filter);
     for warning in &sources.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    Ok(config)
+}
+
+fn serve(args: &ServeArgs) -> Result<(), String> {
+    let config = configure(args)?;
+    let addr = SocketAddr::new(config.host, config.port);
+    if args.single_process {
+        let runtime = runtime()?;
+        return runtime.block_on(async move {
+            let listener = bind(addr)?;
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            dpms::run(
+                config,
+                0,
+                listener,
+                move || announce(local),
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        });
+    }
+
+    // The supervisor: no Python here, and tokio only to wait for a signal.
+    let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let listener = signals.block_on(async { bind(addr) })?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_on_signal = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("dpms-signals".into())
+        .spawn(move || {
+            signals.block_on(shutdown_signal());
+            stop_on_signal.store(true, Ordering::Release);
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    tracing::info!(workers = config.workers, "supervisor starting workers");
+    let plan = Plan {
+        workers: config.workers,
+        args: args.worker_args(),
+        shutdown_time: config.shutdown_time,
+    };
+    supervisor::run(plan, listener, stop, move || announce(local))
+}
+
+fn worker(args: &ServeArgs) -> Result<(), String> {
+    let mut env = WorkerEnv::from_env()?;
+    let mut config = configure(args)?;
+    config.state_dir = env.state_dir.clone();
+    let runtime = runtime()?;
+    let index = env.index;
     runtime.block_on(async move {
-        let addr = std::net::SocketAddr::new(config.host, config.port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let announce = move || {
-            let mut out = std::io::stdout();
-            let _ = writeln!(out, "listening on http://{local}");
-            let _ = out.flush();
-            tracing::info!(address = %local, "listening");
-        };
-        dpms::run(config, listener, announce, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })?;
-    // Python threads may still be inside a plugin: exit without waiting for them.
-    std::process::exit(0);
+        env.listener
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let std_listener = env.listener.try_clone().map_err(|e| e.to_string())?;
+        let listener =
+            tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
+        dpms::run(
+            config,
+            index,
+            listener,
+            move || env.ready(),
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Binds with a deep accept queue (std's default of 128 drops connections under bursts).
+/// Needs a tokio runtime context; the result is a plain std listener.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("cannot create a socket: {e}"))?;
+    socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+    socket
+        .bind(addr)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = socket
+        .listen(1024)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    listener.into_std().map_err(|e| e.to_string())
+}
+
+/// The one line on stdout: where the server listens, once the plugins are loaded.
+fn announce(local: SocketAddr) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on http://{local}");
+    let _ = out.flush();
+    tracing::info!(address = %local, "listening");
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -27,11 +27,31 @@ const SERVICES_PREFIX: &str = "/rest/services";
 /// Keys a client can never supply through the body or the query string (SPEC §5).
 const RESERVED: [&str; 5] = ["func", "module", "uuid", "__body__", "__request__"];
 
+const X_DPMS_WORKER: HeaderName = HeaderName::from_static("x-dpms-worker");
+
 /// Shared state of the running server.
 pub struct App {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub host: Arc<PyHost>,
+    /// This worker's index, as sent in `X-Dpms-Worker`.
+    worker: HeaderValue,
+}
+
+impl App {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        host: Arc<PyHost>,
+        worker: usize,
+    ) -> App {
+        App {
+            config,
+            registry,
+            host,
+            worker: HeaderValue::from(worker),
+        }
+    }
 }
 
 /// How the request's method is handled.
@@ -67,12 +87,14 @@ pub async fn handle(
     .instrument(span)
     .await;
     response::set_header(&mut resp, X_REQUEST_ID, &request_id);
+    resp.headers_mut().insert(X_DPMS_WORKER, app.worker.clone());
     tracing::info!(
         target: "dpms::access",
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
         endpoint = endpoint.as_deref().unwrap_or("-"),
+        worker = app.worker.to_str().unwrap_or("-"),
         ms = started.elapsed().as_secs_f64() * 1000.0,
         id = %request_id,
     );

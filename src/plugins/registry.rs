@@ -78,6 +78,7 @@ pub struct Registry {
     /// Set by the watcher; cleared when a sync starts.
     dirty: Arc<AtomicBool>,
     watcher: std::sync::Mutex<Option<FolderWatcher>>,
+    last_good: LastGood,
 }
 
 impl Registry {
@@ -90,6 +91,9 @@ impl Registry {
             reload_lock: tokio::sync::Mutex::new(()),
             dirty: Arc::new(AtomicBool::new(false)),
             watcher: std::sync::Mutex::new(None),
+            last_good: LastGood {
+                dir: config.state_dir.clone(),
+            },
         });
         if config.reload != ReloadMode::Never {
             let (wake, mut woken) = tokio::sync::mpsc::channel(1);
@@ -291,14 +295,24 @@ impl Registry {
                 }
                 Some(Loaded::Ok {
                     description,
+                    json,
                     handle,
                 }) => {
-                    modules.push(Arc::new(build_module(f, description, handle)));
+                    self.last_good.save(&f.stem, &f.path, &json);
+                    modules.push(Arc::new(build_module(f, description, Some(handle))));
                 }
                 Some(Loaded::ImportError { error, traceback }) => {
                     tracing::warn!(module = %f.stem, error = %error, "plugin does not import\n{traceback}");
-                    match old_modules.get(f.stem.as_str()) {
-                        Some(previous) => modules.push(Arc::new(broken(previous, f, error))),
+                    let previous = old_modules
+                        .get(f.stem.as_str())
+                        .map(|m| Arc::clone(m))
+                        .or_else(|| {
+                            self.last_good
+                                .load(&f.stem, &f.path)
+                                .map(|d| Arc::new(build_module(f, d, None)))
+                        });
+                    match previous {
+                        Some(previous) => modules.push(Arc::new(broken(&previous, f, error))),
                         None => problems.push(FileProblem {
                             key: format!("{}.py", f.stem),
                             status: "error",
@@ -336,8 +350,61 @@ impl Registry {
     }
 }
 
+/// The last description of each module that imported, shared by the workers of one supervisor.
+///
+/// A worker that first meets a file when it no longer imports (another worker served the
+/// version that did) has no endpoints of its own to answer 500 `plugin_import_error` with; it
+/// takes them from here, so every worker answers alike. Without a shared folder (one process)
+/// the in-memory previous version is enough.
+struct LastGood {
+    dir: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LastGoodRecord {
+    path: PathBuf,
+    description: String,
+}
+
+impl LastGood {
+    fn file(&self, stem: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{stem}.json")))
+    }
+
+    fn save(&self, stem: &str, path: &std::path::Path, description: &str) {
+        let Some(file) = self.file(stem) else { return };
+        let record = LastGoodRecord {
+            path: path.to_path_buf(),
+            description: description.to_string(),
+        };
+        let Ok(text) = serde_json::to_vec(&record) else {
+            return;
+        };
+        // Written by rename: another worker never reads half a record.
+        let tmp = file.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    fn load(&self, stem: &str, path: &std::path::Path) -> Option<Description> {
+        let text = std::fs::read(self.file(stem)?).ok()?;
+        let record: LastGoodRecord = serde_json::from_slice(&text).ok()?;
+        if record.path != path {
+            return None;
+        }
+        match serde_json::from_str(&record.description).ok()? {
+            crate::pyhost::Report::Ok(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
 /// Turns a module description into a route-table module, checking each endpoint.
-fn build_module(file: &TrackedFile, d: Description, handle: ModuleHandle) -> Module {
+fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>) -> Module {
     let mut errors = d.errors;
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for e in d.endpoints {
@@ -392,7 +459,7 @@ fn build_module(file: &TrackedFile, d: Description, handle: ModuleHandle) -> Mod
         endpoints,
         errors,
         import_error: None,
-        handle: Some(handle),
+        handle,
         file: Arc::clone(&file.state),
         deps: d.deps,
     }

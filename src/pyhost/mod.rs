@@ -120,6 +120,8 @@ pub type CallResult = Result<Outcome, CallFailure>;
 pub enum Loaded {
     Ok {
         description: Description,
+        /// The description as the helper wrote it (kept for other workers, see `registry`).
+        json: String,
         handle: ModuleHandle,
     },
     ImportError {

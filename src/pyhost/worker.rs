@@ -359,6 +359,7 @@ fn run_load(
         loaded.push(match report {
             Report::Ok(description) => Loaded::Ok {
                 description,
+                json,
                 handle: ModuleHandle { module, funcs },
             },
             Report::ImportError { error, traceback } => Loaded::ImportError { error, traceback },

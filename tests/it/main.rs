@@ -7,3 +7,4 @@ mod config;
 mod faults;
 mod hotplug;
 mod support;
+mod workers;

@@ -151,6 +151,37 @@ impl TestServer {
         self.request("GET", path, None)
     }
 
+    /// A GET on a new connection (`Connection: close`), so the kernel may hand it to any worker.
+    pub fn get_fresh(&self, path: &str) -> Reply {
+        let request = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{}", self.base, path))
+            .header("connection", "close")
+            .body(Vec::new())
+            .expect("request");
+        self.send(request)
+    }
+
+    /// The supervisor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; its exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn post_json(&self, path: &str, body: &str) -> Reply {
         self.request("POST", path, Some(("application/json", body.as_bytes())))
     }
@@ -164,6 +195,10 @@ impl TestServer {
         let request = builder
             .body(body.map(|(_, b)| b.to_vec()).unwrap_or_default())
             .expect("request");
+        self.send(request)
+    }
+
+    fn send(&self, request: ureq::http::Request<Vec<u8>>) -> Reply {
         let mut resp = self.agent.run(request).expect("HTTP request");
         let status = resp.status().as_u16();
         let headers = resp

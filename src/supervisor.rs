@@ -1,0 +1,341 @@
+//! The supervisor (SPEC §9): `dpms serve` binds the listener, never starts Python, and keeps
+//! `DPMS_WORKERS` worker processes alive. Each worker re-executes this binary (`dpms worker`,
+//! never a `fork()` of a process running Python or tokio), inherits the listening socket and
+//! serves requests itself, so a plugin that crashes its process costs one worker, which is
+//! replaced within a second while the others keep serving.
+//!
+//! Workers are spawned by one dedicated thread that lives as long as the supervisor: the
+//! `PR_SET_PDEATHSIG` each worker sets fires when the *thread* that forked it exits, so this is
+//! what makes workers die with the supervisor and never keep the port with old code.
+
+use std::io::{BufRead, BufReader, PipeWriter};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Environment variables a worker reads from its supervisor.
+pub const ENV_LISTEN_FD: &str = "DPMS_LISTEN_FD";
+pub const ENV_READY_FD: &str = "DPMS_READY_FD";
+pub const ENV_WORKER_INDEX: &str = "DPMS_WORKER_INDEX";
+/// A folder the workers share (see `plugins::registry::LastGood`), removed at exit.
+pub const ENV_STATE_DIR: &str = "DPMS_STATE_DIR";
+
+/// How often the monitor looks at its workers: the bound on "replaced within a second".
+const POLL: Duration = Duration::from_millis(20);
+/// A worker that dies sooner than this after starting is restarted with a growing delay.
+const QUICK_DEATH: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the initial workers may take to load their plugins.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the supervisor needs to run its workers.
+pub struct Plan {
+    pub workers: usize,
+    /// Arguments after `dpms worker` (the command-line overrides, passed through).
+    pub args: Vec<String>,
+    pub shutdown_time: Duration,
+}
+
+/// One worker slot: its process, if running, and when to (re)start it.
+struct Slot {
+    child: Option<Child>,
+    started: Instant,
+    restart_at: Instant,
+    backoff: Duration,
+}
+
+/// Runs the workers until `stop` is set, then stops them: SIGTERM, up to `shutdown_time` for
+/// in-flight requests, then SIGKILL. `announce` runs once every initial worker is ready (or the
+/// wait timed out with at least one ready).
+pub fn run(
+    plan: Plan,
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    announce: impl FnOnce() + Send + 'static,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the dpms binary: {e}"))?;
+    let state = std::env::temp_dir().join(format!("dpms-{}", std::process::id()));
+    std::fs::create_dir_all(&state)
+        .map_err(|e| format!("cannot create `{}`: {e}", state.display()))?;
+    let (ready_reader, ready_writer) =
+        std::io::pipe().map_err(|e| format!("cannot create the readiness pipe: {e}"))?;
+    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+    std::thread::Builder::new()
+        .name("dpms-ready".into())
+        .spawn(move || {
+            for line in BufReader::new(ready_reader).lines().map_while(Result::ok) {
+                if let Some(i) = line.strip_prefix("ready ").and_then(|i| i.parse().ok()) {
+                    let _ = ready_tx.send(i);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+
+    let monitor = std::thread::Builder::new()
+        .name("dpms-supervisor".into())
+        .spawn({
+            let state = state.clone();
+            move || {
+                monitor(
+                    plan,
+                    exe,
+                    &state,
+                    listener,
+                    ready_writer,
+                    ready_rx,
+                    stop,
+                    announce,
+                )
+            }
+        })
+        .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
+    let result = monitor
+        .join()
+        .map_err(|_| "the supervisor thread panicked".to_string());
+    let _ = std::fs::remove_dir_all(&state);
+    result?
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
+fn monitor(
+    plan: Plan,
+    exe: std::path::PathBuf,
+    state: &std::path::Path,
+    listener: TcpListener,
+    ready_writer: PipeWriter,
+    ready_rx: mpsc::Receiver<usize>,
+    stop: Arc<AtomicBool>,
+    announce: impl FnOnce(),
+) -> Result<(), String> {
+    let now = Instant::now();
+    let mut slots: Vec<Slot> = (0..plan.workers)
+        .map(|_| Slot {
+            child: None,
+            started: now,
+            restart_at: now,
+            backoff: Duration::from_millis(250),
+        })
+        .collect();
+    let fds = InheritedFds {
+        listen: listener.as_raw_fd(),
+        ready: ready_writer.as_raw_fd(),
+    };
+    let mut announce = Some(announce);
+    let mut ready = vec![false; plan.workers];
+    let waiting_since = Instant::now();
+
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        for (index, slot) in slots.iter_mut().enumerate() {
+            reap(index, slot, now);
+            if slot.child.is_none() && now >= slot.restart_at {
+                match spawn(&exe, &plan.args, state, index, fds) {
+                    Ok(child) => {
+                        tracing::info!(worker = index, pid = child.id(), "worker started");
+                        slot.child = Some(child);
+                        slot.started = now;
+                    }
+                    Err(e) => {
+                        tracing::error!(worker = index, cause = %e, "cannot start a worker");
+                        slot.restart_at = now + MAX_BACKOFF.min(slot.backoff * 4);
+                    }
+                }
+            }
+        }
+        while let Ok(i) = ready_rx.try_recv() {
+            if let Some(r) = ready.get_mut(i) {
+                *r = true;
+            }
+        }
+        if announce.is_some() {
+            let all = ready.iter().all(|r| *r);
+            let some = ready.iter().any(|r| *r);
+            if all || (some && waiting_since.elapsed() > READY_TIMEOUT) {
+                if !all {
+                    tracing::warn!(
+                        "not every worker became ready in time; serving with those that did"
+                    );
+                }
+                if let Some(f) = announce.take() {
+                    f();
+                }
+            } else if waiting_since.elapsed() > READY_TIMEOUT {
+                stop_all(&mut slots, Duration::ZERO);
+                return Err("no worker became ready: see the log above".into());
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    drop(listener);
+    stop_all(&mut slots, plan.shutdown_time);
+    drop(ready_writer);
+    Ok(())
+}
+
+/// Notes a worker that exited and schedules its replacement.
+fn reap(index: usize, slot: &mut Slot, now: Instant) {
+    let Some(child) = slot.child.as_mut() else {
+        return;
+    };
+    let status = match child.try_wait() {
+        Ok(Some(status)) => status,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(worker = index, cause = %e, "cannot check a worker");
+            return;
+        }
+    };
+    let lived = now.duration_since(slot.started);
+    if lived < QUICK_DEATH {
+        slot.restart_at = now + slot.backoff;
+        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+    } else {
+        slot.restart_at = now;
+        slot.backoff = Duration::from_millis(250);
+    }
+    tracing::warn!(worker = index, %status, lived_ms = lived.as_millis() as u64, "worker exited; replacing it");
+    slot.child = None;
+}
+
+/// File descriptors every worker inherits.
+#[derive(Clone, Copy)]
+struct InheritedFds {
+    listen: RawFd,
+    ready: RawFd,
+}
+
+fn spawn(
+    exe: &std::path::Path,
+    args: &[String],
+    state: &std::path::Path,
+    index: usize,
+    fds: InheritedFds,
+) -> std::io::Result<Child> {
+    let parent = std::process::id();
+    let stderr: OwnedFd = std::io::stderr().as_fd().try_clone_to_owned()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("worker")
+        .args(args)
+        .env(ENV_LISTEN_FD, fds.listen.to_string())
+        .env(ENV_READY_FD, fds.ready.to_string())
+        .env(ENV_WORKER_INDEX, index.to_string())
+        .env(ENV_STATE_DIR, state)
+        .stdin(Stdio::null())
+        // Only the supervisor writes to stdout (the `listening on` line).
+        .stdout(Stdio::from(stderr));
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe calls (prctl, getppid, fcntl, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            for fd in [fds.listen, fds.ready] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// SIGTERM to every worker, up to `grace` for them to finish, then SIGKILL.
+fn stop_all(slots: &mut [Slot], grace: Duration) {
+    for child in slots.iter_mut().filter_map(|s| s.child.as_mut()) {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    // A second beyond the workers' own grace period, for them to exit by themselves.
+    let deadline = Instant::now() + grace + Duration::from_secs(1);
+    loop {
+        let mut running = 0;
+        for child in slots.iter_mut().filter_map(|s| s.child.as_mut()) {
+            if matches!(child.try_wait(), Ok(None)) {
+                running += 1;
+            }
+        }
+        if running == 0 || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    for child in slots.iter_mut().filter_map(|s| s.child.as_mut()) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The worker's side: the inherited listener, index and readiness pipe.
+pub struct WorkerEnv {
+    pub listener: TcpListener,
+    pub index: usize,
+    pub state_dir: Option<std::path::PathBuf>,
+    ready: Option<std::fs::File>,
+}
+
+impl WorkerEnv {
+    /// Reads what the supervisor passed.
+    pub fn from_env() -> Result<WorkerEnv, String> {
+        use std::os::fd::FromRawFd;
+        let fd = |name: &str| -> Result<RawFd, String> {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("`dpms worker` is started by `dpms serve` (missing {name})"))
+        };
+        let listen = fd(ENV_LISTEN_FD)?;
+        let ready = fd(ENV_READY_FD)?;
+        let index = fd(ENV_WORKER_INDEX)? as usize;
+        for fd in [listen, ready] {
+            // Inherited without close-on-exec; set it again so programs a plugin starts do not
+            // hold the port or the pipe.
+            // SAFETY: fcntl on descriptors this process owns.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+        // SAFETY: the supervisor passed these descriptors open and for us alone to own.
+        let listener = unsafe { TcpListener::from_raw_fd(listen) };
+        let ready = unsafe { std::fs::File::from_raw_fd(ready) };
+        Ok(WorkerEnv {
+            listener,
+            index,
+            state_dir: std::env::var_os(ENV_STATE_DIR).map(Into::into),
+            ready: Some(ready),
+        })
+    }
+
+    /// Tells the supervisor this worker has loaded its plugins.
+    pub fn ready(&mut self) {
+        use std::io::Write;
+        if let Some(mut f) = self.ready.take() {
+            // One write of under PIPE_BUF bytes: atomic, so lines of workers never interleave.
+            let _ = f.write_all(format!("ready {}\n", self.index).as_bytes());
+        }
+    }
+}
