@@ -48,6 +48,11 @@ pub const SETTINGS: &[Setting] = &[
         doc: "`changed`: re-import a module when its file changed; `always`: on every call; `never`: load once at start.",
     },
     Setting {
+        name: "DPMS_WATCH",
+        default: "inotify",
+        doc: "How requests check plugin files are current: `inotify` (one read per request) or `stat` (a stat per folder and per called module; for network filesystems, where inotify misses remote writes).",
+    },
+    Setting {
         name: "NUM_URL_PARMS",
         default: "10",
         doc: "How many URL parameters may follow an API name; one more is a 404 `too_many_url_params`.",
@@ -142,6 +147,8 @@ pub struct Config {
     /// Plugin folders in search order; every one exists (checked at start).
     pub plugin_dirs: Vec<PathBuf>,
     pub reload: ReloadMode,
+    /// Check freshness with an inotify queue (`true`) or with `stat` only.
+    pub watch_inotify: bool,
     /// `url_parm_names[i]` names the (i+1)-th URL parameter; its length is `NUM_URL_PARMS`.
     pub url_parm_names: Vec<String>,
     pub max_body: usize,
@@ -352,6 +359,16 @@ impl Sources {
             }
         };
 
+        let watch_inotify = match self
+            .get("DPMS_WATCH")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("inotify") => true,
+            Some("stat") => false,
+            Some(other) => return Err(invalid("DPMS_WATCH", other, "expected inotify or stat")),
+        };
         let num_url_parms: usize = self.parsed("NUM_URL_PARMS", 10, "expected a whole number")?;
         if num_url_parms > 1000 {
             return Err(invalid(
@@ -426,6 +443,7 @@ impl Sources {
             port,
             plugin_dirs,
             reload,
+            watch_inotify,
             url_parm_names,
             max_body,
             max_uri,

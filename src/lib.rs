@@ -27,23 +27,55 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-/// Starts Python, loads the plugins and serves `listener` until `shutdown` resolves.
-/// `on_ready` runs once the plugins are loaded, before the first connection is accepted.
-/// `worker` is this process's worker index (`X-Dpms-Worker`).
-pub async fn run(
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Host(#[from] pyhost::HostError),
+    #[error("cannot start the I/O thread: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the I/O thread panicked")]
+    Panicked,
+}
+
+/// Runs one worker: starts Python on this thread (which then never runs Python again, so
+/// no plugin code runs on the interpreter's main thread and `signal.signal` cannot steal
+/// SIGTERM), loads the plugins and serves `listener` until `shutdown` resolves.
+///
+/// Requests are served by a single-threaded runtime on the `dpms-io` thread, which keeps a
+/// permanent Python thread state so short plugin calls can run inline (see
+/// `pyhost::schedule`). `on_ready` runs once the plugins are loaded, before the first
+/// connection is accepted; `worker` is sent as `X-Dpms-Worker`.
+pub fn run(
     config: config::Config,
     worker: usize,
-    listener: tokio::net::TcpListener,
-    on_ready: impl FnOnce(),
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), pyhost::HostError> {
+    listener: std::net::TcpListener,
+    on_ready: impl FnOnce() + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let config = Arc::new(config);
     let host = Arc::new(pyhost::PyHost::start(&config)?);
-    let registry = plugins::Registry::start(Arc::clone(&config), Arc::clone(&host)).await;
-    log_summary(&config, &registry);
-    on_ready();
-    let app = Arc::new(service::App::new(config, registry, host, worker));
-    server::serve(listener, app, shutdown).await;
+    let io = std::thread::Builder::new()
+        .name("dpms-io".into())
+        .spawn(move || {
+            pyhost::PyHost::with_thread_state(move || -> Result<(), std::io::Error> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    listener.set_nonblocking(true)?;
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let registry =
+                        plugins::Registry::start(Arc::clone(&config), Arc::clone(&host)).await;
+                    log_summary(&config, &registry);
+                    on_ready();
+                    let app = Arc::new(service::App::new(config, registry, host, worker));
+                    server::serve(listener, app, shutdown).await;
+                    Ok(())
+                })
+            })
+        })?;
+    io.join().map_err(|_| RunError::Panicked)??;
     Ok(())
 }
 

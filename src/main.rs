@@ -131,22 +131,20 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let config = configure(args)?;
     let addr = SocketAddr::new(config.host, config.port);
     if args.single_process {
-        let runtime = runtime()?;
-        return runtime.block_on(async move {
-            let listener = bind(addr)?;
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            dpms::run(
-                config,
-                0,
-                listener,
-                move || announce(local),
-                shutdown_signal(),
-            )
-            .await
-            .map_err(|e| e.to_string())
-        });
+        let listener = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?
+            .block_on(async { bind(addr) })?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        return dpms::run(
+            config,
+            0,
+            listener,
+            move || announce(local),
+            shutdown_signal(),
+        )
+        .map_err(|e| e.to_string());
     }
 
     // The supervisor: no Python here, and tokio only to wait for a signal.
@@ -175,35 +173,18 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
 }
 
 fn worker(args: &ServeArgs) -> Result<(), String> {
-    let mut env = WorkerEnv::from_env()?;
+    let env = WorkerEnv::from_env()?;
     let mut config = configure(args)?;
     config.state_dir = env.state_dir.clone();
-    let runtime = runtime()?;
-    let index = env.index;
-    runtime.block_on(async move {
-        env.listener
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let std_listener = env.listener.try_clone().map_err(|e| e.to_string())?;
-        let listener =
-            tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
-        dpms::run(
-            config,
-            index,
-            listener,
-            move || env.ready(),
-            shutdown_signal(),
-        )
-        .await
-        .map_err(|e| e.to_string())
-    })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+    let (index, listener, mut ready) = env.split();
+    dpms::run(
+        config,
+        index,
+        listener,
+        move || ready.send(),
+        shutdown_signal(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Binds with a deep accept queue (std's default of 128 drops connections under bursts).

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::error::ApiError;
 use crate::marshal::Signature;
 use crate::plugins::FileState;
-use crate::pyhost::ModuleHandle;
+use crate::pyhost::{ModuleHandle, Schedule};
 
 /// An HTTP method a plugin function can declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,8 @@ pub struct Endpoint {
     pub envelope_prefix: Bytes,
     /// Index of the function object in the module's [`ModuleHandle`].
     pub index: usize,
+    /// Where calls run (inline or on the pool), learnt from call times.
+    pub schedule: Arc<Schedule>,
 }
 
 /// A module as the route table sees it.
@@ -439,6 +441,7 @@ impl RouteTable {
                             "alias": m.alias,
                             "doc": e.doc,
                             "signature": e.signature,
+                            "schedule": e.schedule.describe(),
                         });
                         if let (Value::Object(info), Value::Object(meta)) = (&mut info, &e.meta) {
                             if !meta.is_empty() {

@@ -18,7 +18,7 @@ use crate::config::{Config, ReloadMode};
 use crate::error::ApiError;
 use crate::marshal::{self, Body};
 use crate::plugins::{Registry, Snapshot};
-use crate::pyhost::{CallFailure, Outcome, PyHost, RequestInfo};
+use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
 use crate::response::{self, Body as RespBody};
 use crate::router::{is_uuid_segment, Located, Method, Selected};
 
@@ -242,7 +242,7 @@ async fn locate(app: &App, segs: &[String]) -> Result<(Arc<Snapshot>, Located), 
     let located = snap.table.locate(segs);
     let recheck = app.registry.reload_mode() != ReloadMode::Never
         && (located.is_err() || matches!(located, Ok(Located::Dir(_))));
-    if recheck && !snap.files_current() {
+    if recheck && !app.registry.files_current(&snap) {
         let snap = app.registry.sync(&[]).await;
         let located = snap.table.locate(segs)?;
         return Ok((snap, located));
@@ -269,7 +269,7 @@ async fn select(
     let first = pick(&snap);
     let fresh = match (&first, app.registry.reload_mode()) {
         (_, ReloadMode::Never) => true,
-        (Ok(sel), ReloadMode::Changed) => snap.module_current(&sel.module),
+        (Ok(sel), ReloadMode::Changed) => app.registry.module_current(&snap, &sel.module),
         (Ok(sel), ReloadMode::Always) => {
             let snap = app
                 .registry
@@ -277,7 +277,7 @@ async fn select(
                 .await;
             return pick(&snap);
         }
-        (Err(_), _) => snap.files_current(),
+        (Err(_), _) => app.registry.files_current(&snap),
     };
     if fresh {
         return first;
@@ -392,22 +392,25 @@ async fn call(
         role: Some("admin"),
     });
 
-    let rx = app
+    let dispatch = app
         .host
         .call(Arc::clone(&selected.module), selected.endpoint, args, info);
-    let outcome = match tokio::time::timeout(config.max_function_time, rx).await {
-        Err(_) => {
-            return Err(ApiError::Timeout {
-                api: endpoint.api.clone(),
-                secs: config.max_function_time.as_secs_f64(),
-            })
-        }
-        Ok(Err(_)) => {
-            return Err(ApiError::Internal(
-                "the Python thread dropped the call".into(),
-            ))
-        }
-        Ok(Ok(result)) => result,
+    let outcome = match dispatch {
+        Dispatch::Done(result) => result,
+        Dispatch::Pending(rx) => match tokio::time::timeout(config.max_function_time, rx).await {
+            Err(_) => {
+                return Err(ApiError::Timeout {
+                    api: endpoint.api.clone(),
+                    secs: config.max_function_time.as_secs_f64(),
+                })
+            }
+            Ok(Err(_)) => {
+                return Err(ApiError::Internal(
+                    "the Python thread dropped the call".into(),
+                ))
+            }
+            Ok(Ok(result)) => result,
+        },
     };
     match outcome {
         Ok(Outcome::Json(result)) => Ok(response::envelope(&endpoint.envelope_prefix, &result)),

@@ -330,10 +330,26 @@ impl WorkerEnv {
         })
     }
 
-    /// Tells the supervisor this worker has loaded its plugins.
-    pub fn ready(&mut self) {
+    /// The worker index, the listener and the readiness signal, apart.
+    pub fn split(self) -> (usize, TcpListener, Ready) {
+        let ready = Ready {
+            index: self.index,
+            pipe: self.ready,
+        };
+        (self.index, self.listener, ready)
+    }
+}
+
+/// Tells the supervisor, once, that this worker has loaded its plugins.
+pub struct Ready {
+    index: usize,
+    pipe: Option<std::fs::File>,
+}
+
+impl Ready {
+    pub fn send(&mut self) {
         use std::io::Write;
-        if let Some(mut f) = self.ready.take() {
+        if let Some(mut f) = self.pipe.take() {
             // One write of under PIPE_BUF bytes: atomic, so lines of workers never interleave.
             let _ = f.write_all(format!("ready {}\n", self.index).as_bytes());
         }

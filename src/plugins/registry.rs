@@ -15,10 +15,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::watcher::{DirState, FileState, FolderWatcher};
+use super::watcher::{ChangeQueue, DirState, FileState, FolderWatcher};
 use crate::config::{Config, ReloadMode};
 use crate::marshal::Signature;
-use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost};
+use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost, Schedule};
 use crate::router::{is_uuid_segment, Endpoint, FileProblem, MethodSet, Module, RouteTable};
 
 /// A plugin file the snapshot answers for.
@@ -78,6 +78,8 @@ pub struct Registry {
     /// Set by the watcher; cleared when a sync starts.
     dirty: Arc<AtomicBool>,
     watcher: std::sync::Mutex<Option<FolderWatcher>>,
+    /// The exact request-path check; `None` falls back to `stat` checks.
+    queue: Option<ChangeQueue>,
     last_good: LastGood,
 }
 
@@ -91,6 +93,13 @@ impl Registry {
             reload_lock: tokio::sync::Mutex::new(()),
             dirty: Arc::new(AtomicBool::new(false)),
             watcher: std::sync::Mutex::new(None),
+            queue: match config.reload {
+                ReloadMode::Never => None,
+                _ if !config.watch_inotify => None,
+                _ => ChangeQueue::new(&config.plugin_dirs)
+                    .map_err(|e| tracing::warn!(cause = %e, "inotify unavailable; freshness is checked with stat on each request"))
+                    .ok(),
+            },
             last_good: LastGood {
                 dir: config.state_dir.clone(),
             },
@@ -129,16 +138,34 @@ impl Registry {
         self.config.reload
     }
 
-    /// The snapshot to route with, after the cheap freshness checks of the reload mode.
+    /// The snapshot to route with, after the cheap freshness checks of the reload mode. With
+    /// the inotify queue, the snapshot returned is current for every file.
     pub async fn snapshot(&self) -> Arc<Snapshot> {
         let snap = self.current();
         if self.config.reload == ReloadMode::Never {
             return snap;
         }
-        if self.dirty.load(Ordering::Acquire) || !snap.dirs_current() {
+        let changed = match &self.queue {
+            Some(queue) => queue.drain(),
+            None => !snap.dirs_current(),
+        };
+        // A reload under way (the watcher's) may have drained the queue already: wait for it.
+        let reloading = self.reload_lock.try_lock().is_err();
+        if changed || reloading || self.dirty.load(Ordering::Acquire) {
             return self.sync(&[]).await;
         }
         snap
+    }
+
+    /// Whether `module` (and what it imported) is still what is on disk. Free with the inotify
+    /// queue: [`Registry::snapshot`] already made sure.
+    pub fn module_current(&self, snap: &Snapshot, module: &Module) -> bool {
+        self.queue.is_some() || snap.module_current(module)
+    }
+
+    /// Whether every plugin file is still what is on disk (see [`Registry::module_current`]).
+    pub fn files_current(&self, snap: &Snapshot) -> bool {
+        self.queue.is_some() || snap.files_current()
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
@@ -160,6 +187,10 @@ impl Registry {
     pub async fn sync(&self, force: &[String]) -> Arc<Snapshot> {
         let _guard = self.reload_lock.lock().await;
         self.dirty.store(false, Ordering::Release);
+        // What is queued now is covered by the scan below; what comes later stays queued.
+        if let Some(queue) = &self.queue {
+            queue.drain();
+        }
         let old = self.current();
 
         let dirs: Vec<DirState> = self
@@ -430,6 +461,7 @@ fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>
             continue;
         }
         let key = serde_json::to_string(&format!("{}.{}", file.stem, e.func)).unwrap_or_default();
+        let blocking = e.meta.get("blocking") == Some(&Value::Bool(true));
         let prefix = format!("{{\"status\":\"OK\",\"response\":{{{key}:");
         endpoints.push(Endpoint {
             api: e.api,
@@ -445,6 +477,7 @@ fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>
             },
             envelope_prefix: Bytes::from(prefix),
             index: e.index,
+            schedule: Arc::new(Schedule::new(blocking)),
         });
     }
     for err in &errors {

@@ -1,13 +1,17 @@
 //! Knowing when plugin files changed (SPEC §2 and §10).
 //!
-//! Two mechanisms, because neither alone is exact:
 //! - a `notify` watcher marks the registry dirty and triggers a background reload, so most
 //!   changes are picked up before any request asks;
-//! - a cheap check on the request path ([`FileState::is_current`], [`DirState::is_current`]):
-//!   one `stat` per plugin folder and per called module. A fingerprint (inode, size, mtime,
-//!   ctime) that is unchanged is trusted only once the file's timestamps are older than the
-//!   last verification by more than [`RACY_WINDOW_NS`] — git's "racily clean" rule. Until then,
-//!   timestamps may be too coarse to show a same-size edit, so the content is compared.
+//! - on the request path, [`ChangeQueue::drain`]: one non-blocking read of an inotify
+//!   descriptor on the plugin folders. The kernel queues the event before the writer's
+//!   `write()`/`rename()` returns, so a change completed before a request was sent is always
+//!   seen by that request;
+//! - where inotify is unavailable (its limits are exhausted), a `stat` per plugin folder and per
+//!   called module instead ([`FileState::is_current`], [`DirState::is_current`]);
+//! - either way, a reload re-checks each file: a fingerprint (inode, size, mtime, ctime) that is
+//!   unchanged is trusted only once the file's timestamps are older than the last verification
+//!   by more than [`RACY_WINDOW_NS`] — git's "racily clean" rule. Until then, timestamps may be
+//!   too coarse to show a same-size edit, so the content is compared.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -168,6 +172,66 @@ fn list_plugins(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// An inotify descriptor on the plugin folders, read without blocking on the request path.
+pub struct ChangeQueue {
+    inotify: std::sync::Mutex<inotify::Inotify>,
+}
+
+impl ChangeQueue {
+    pub fn new(dirs: &[PathBuf]) -> std::io::Result<ChangeQueue> {
+        use inotify::WatchMask;
+        let inotify = inotify::Inotify::init()?;
+        let mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MODIFY
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::ATTRIB
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF;
+        for dir in dirs {
+            inotify.watches().add(dir, mask)?;
+        }
+        Ok(ChangeQueue {
+            inotify: std::sync::Mutex::new(inotify),
+        })
+    }
+
+    /// Whether a plugin file (or a folder itself) changed since the last call. One `read`
+    /// that finds nothing in the common case.
+    pub fn drain(&self) -> bool {
+        let Ok(mut inotify) = self.inotify.lock() else {
+            return true;
+        };
+        let mut buf = [0u8; 4096];
+        let mut changed = false;
+        // Bounded: a folder rewritten continuously must not keep one request here.
+        for _ in 0..64 {
+            match inotify.read_events(&mut buf) {
+                Ok(events) => {
+                    let mut any = false;
+                    for e in events {
+                        any = true;
+                        let relevant = e
+                            .name
+                            .is_none_or(|n| n.as_encoded_bytes().ends_with(b".py"))
+                            || e.mask.contains(inotify::EventMask::Q_OVERFLOW);
+                        changed |= relevant;
+                    }
+                    if !any {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // An unreadable queue: assume the worst, a reload re-checks every file.
+                Err(_) => return true,
+            }
+        }
+        changed
+    }
 }
 
 /// Keeps a `notify` watcher on the plugin folders alive; dropping it stops watching.

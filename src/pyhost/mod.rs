@@ -10,6 +10,7 @@
 mod convert;
 mod introspect;
 mod request;
+mod schedule;
 mod worker;
 
 use std::ffi::CStr;
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 
 pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
 pub use request::RequestInfo;
+pub use schedule::Schedule;
 
 use crate::config::Config;
 use crate::marshal::CallArgs;
@@ -116,6 +118,12 @@ pub enum CallFailure {
 
 pub type CallResult = Result<Outcome, CallFailure>;
 
+/// A call's result, or where it will arrive.
+pub enum Dispatch {
+    Done(CallResult),
+    Pending(oneshot::Receiver<CallResult>),
+}
+
 /// The outcome of importing one file.
 pub enum Loaded {
     Ok {
@@ -149,15 +157,32 @@ impl PyHost {
         Ok(PyHost { jobs })
     }
 
-    /// Runs one plugin call on a Python thread. The caller applies the deadline.
+    /// Runs one plugin call, inline on this thread if its endpoint is known to be short,
+    /// otherwise on a Python thread of the pool (see [`schedule`]). The caller applies the
+    /// deadline to a pending call.
     pub fn call(
         &self,
         module: Arc<Module>,
         endpoint: usize,
         args: CallArgs,
         request: Arc<RequestInfo>,
-    ) -> oneshot::Receiver<CallResult> {
-        let (reply, rx) = oneshot::channel();
+    ) -> Dispatch {
+        let (reply, mut rx) = oneshot::channel();
+        let inline = module
+            .endpoints
+            .get(endpoint)
+            .is_some_and(|e| e.schedule.inline());
+        if inline {
+            let took =
+                Python::attach(|py| worker::invoke(py, &module, endpoint, &args, request, reply));
+            if let Some(e) = module.endpoints.get(endpoint) {
+                e.schedule.record(true, took);
+            }
+            return match rx.try_recv() {
+                Ok(result) => Dispatch::Done(result),
+                Err(_) => Dispatch::Pending(rx),
+            };
+        }
         let job = worker::Job::Call(worker::CallJob {
             module,
             endpoint,
@@ -168,7 +193,13 @@ impl PyHost {
         // A send fails only when every Python thread is gone; the dropped reply then reads as
         // an internal error at the caller.
         let _ = self.jobs.send(job);
-        rx
+        Dispatch::Pending(rx)
+    }
+
+    /// Runs `f` on this thread with a permanent Python thread state, detached: calls made
+    /// inline from it then only take the GIL, they never create a thread state.
+    pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        Python::attach(|py| py.detach(f))
     }
 
     /// Imports a batch of files afresh (see `_host.load_batch`). `files` is the complete

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -94,26 +95,38 @@ fn run_call(py: Python<'_>, job: CallJob) {
         request,
         reply,
     } = job;
-    let Some(handle) = &module.handle else {
+    let took = invoke(py, &module, endpoint, &args, request, reply);
+    if let Some(e) = module.endpoints.get(endpoint) {
+        e.schedule.record(false, took);
+    }
+}
+
+/// Calls the endpoint and sends its outcome on `reply` — now, or when its coroutine finishes.
+/// Returns how long the Python part took (the call and the result conversion).
+pub fn invoke(
+    py: Python<'_>,
+    module: &Module,
+    endpoint: usize,
+    args: &CallArgs,
+    request: Arc<RequestInfo>,
+    reply: oneshot::Sender<CallResult>,
+) -> Duration {
+    let started = Instant::now();
+    let func = module.handle.as_ref().and_then(|handle| {
+        module
+            .endpoints
+            .get(endpoint)
+            .and_then(|e| handle.funcs.get(e.index))
+    });
+    let Some(func) = func else {
         let _ = reply.send(Err(CallFailure::Internal(format!(
-            "module `{}` has no loaded code",
+            "module `{}` has no loaded code for endpoint {endpoint}",
             module.name
         ))));
-        return;
-    };
-    let Some(func) = module
-        .endpoints
-        .get(endpoint)
-        .and_then(|e| handle.funcs.get(e.index))
-    else {
-        let _ = reply.send(Err(CallFailure::Internal(
-            "endpoint index out of range".into(),
-        )));
-        return;
+        return started.elapsed();
     };
     CURRENT_MODULE.with(|m| *m.borrow_mut() = Some(module.name.clone()));
-    let called =
-        build_args(py, &args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
+    let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
             if let Err(e) = submit(py, value, reply) {
@@ -130,6 +143,8 @@ fn run_call(py: Python<'_>, job: CallJob) {
             )));
         }
     }
+    CURRENT_MODULE.with(|m| m.borrow_mut().take());
+    started.elapsed()
 }
 
 fn build_args<'py>(

@@ -32,6 +32,20 @@ fn edits_are_never_stale_in_changed_mode() {
 }
 
 #[test]
+fn edits_are_never_stale_with_stat_checks() {
+    let s = TestServer::start(&[("versioned", &versioned(0))], &[("DPMS_WATCH", "stat")]);
+    edit_loop(&s, false);
+    edit_loop(&s, true);
+    s.write(
+        "added",
+        "from dpms import expose\n@expose.endpoint(API='added')\ndef a():\n    return 1\n",
+    );
+    assert_eq!(s.get("/rest/services/added/").result(), 1);
+    s.remove("added");
+    assert_eq!(s.get("/rest/services/added/").status, 404);
+}
+
+#[test]
 fn edits_are_never_stale_in_always_mode() {
     let s = TestServer::start(
         &[("versioned", &versioned(0))],

@@ -76,9 +76,24 @@ fn a_blocked_call_does_not_stall_a_fast_one_on_the_same_worker() {
         "import os, time\nfrom dpms import expose\n\
          @expose.endpoint(API='wait-for-release')\ndef wait():\n    \
          for _ in range(2000):\n        if os.path.exists({release:?}):\n            return 'released'\n        time.sleep(0.01)\n    return 'gave up'\n\
-         @expose.endpoint(API='quick')\ndef quick():\n    return 'quick'\n"
+         @expose.endpoint(API='quick')\ndef quick():\n    return 'quick'\n\
+         @expose.endpoint(API='hinted', blocking=True)\ndef hinted():\n    return 'hinted'\n"
     );
     let s = TestServer::start(&[("blocking", &plugin)], &[("DPMS_WORKERS", "1")]);
+    // Warm up: `quick` earns the inline path, `hinted` stays on the pool whatever it takes.
+    for _ in 0..40 {
+        assert_eq!(s.get("/rest/services/quick/").result(), "quick");
+        assert_eq!(s.get("/rest/services/hinted/").result(), "hinted");
+    }
+    let dir = s.get("/rest/services/__dir__/").json();
+    assert_eq!(
+        dir["endpoints"]["GET"]["quick"]["schedule"], "inline",
+        "{dir}"
+    );
+    assert_eq!(
+        dir["endpoints"]["GET"]["hinted"]["schedule"], "blocking",
+        "{dir}"
+    );
     let base = s.base.clone();
     let slow = std::thread::spawn(move || {
         let agent = ureq::Agent::new_with_config(
