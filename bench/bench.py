@@ -11,6 +11,8 @@ Environment:
   BENCH_QUICK=1         smoke run: 2 s per case, 1 s warm-up, 100k requests for the RSS check
   BENCH_CONNECTIONS=N   wrk connections (default 64)
   BENCH_RSS_REQUESTS=N  requests for the long RSS run (default 1,000,000; 100,000 with BENCH_QUICK)
+  BENCH_QUIET_WAIT=N    longest wait, per case, for other processes to stop loading the machine (60)
+  BENCH_RETRIES=N       re-measurements of a case disturbed by other processes (default 2)
 """
 
 import argparse
@@ -44,6 +46,10 @@ RSS_FIRST = 10_000
 EXTRA_MODULES = 1000
 RELOAD_ROUNDS = 5
 READY_SECS = 30.0
+QUIET_PCT = 10.0   # other processes' CPU, % of one core, below which the machine counts as quiet
+QUIET_WAIT = float(os.environ.get("BENCH_QUIET_WAIT") or 60)  # longest wait for quiet, per case
+NOISY_PCT = 15.0   # a measurement with more than this is repeated ...
+RETRIES = int(os.environ.get("BENCH_RETRIES") or 2)  # ... at most this many times (best kept)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 SERVER_CPU, WRK_CPU = ("0", "1") if NCPU >= 2 else (None, None)
@@ -356,7 +362,39 @@ def run_wrk(port, case, secs, extra_args=(), script=None):
     return parse_wrk(text), text
 
 
+def wait_quiet(pgid, max_secs=QUIET_WAIT):
+    """Wait (bounded) until the rest of the machine uses under QUIET_PCT of a core.
+
+    Another build or test on a 2-core machine steals the server's or wrk's core and spoils the
+    figures; this cannot stop it, only avoid measuring through it. Returns the seconds waited."""
+    t0 = time.monotonic()
+    while True:
+        b0, s0 = machine_busy_ticks(), cpu_ticks(pgid)
+        time.sleep(1.0)
+        other = (machine_busy_ticks() - b0 - (cpu_ticks(pgid) - s0)) / CLK_TCK
+        waited = time.monotonic() - t0
+        if 100.0 * other <= QUIET_PCT or waited >= max_secs:
+            return waited
+
+
 def measure(server, case):
+    """Measure one case, again (bounded) if other processes loaded the machine meanwhile."""
+    best = None
+    for attempt in range(1 + RETRIES):
+        waited = wait_quiet(server.pgid)
+        if waited > 2:
+            log("waited %.0f s for other processes to quiet down" % waited)
+        r = measure_once(server, case)
+        if best is None or r["other_cpu_pct"] < best["other_cpu_pct"]:
+            best = r
+        if r["other_cpu_pct"] <= NOISY_PCT:
+            break
+        log("%s %s: other processes used %.0f%% of a core meanwhile; measuring again"
+            % (server.label, case.name, r["other_cpu_pct"]))
+    return best
+
+
+def measure_once(server, case):
     """Warm up, then measure one case: wrk figures plus the server's CPU per request."""
     run_wrk(server.port, case, WARMUP)
     ticks0, busy0, wrk0 = cpu_ticks(server.pgid), machine_busy_ticks(), children_cpu_secs()
@@ -555,11 +593,11 @@ def print_report(rows, res, meta):
     h1k = c.get((CASE_1000.name, "dpms"))
     if hw and h1k and hw["rps"]:
         d = 100.0 * (h1k["rps"] - hw["rps"]) / hw["rps"]
-        out.append("  %s +1000 modules within 5%% of few modules  : %+.1f%%" % (verdict(abs(d) <= 5 or d > 0), d))
+        out.append("  %s +1000 modules within 5%% of few modules   : %+.1f%%" % (verdict(abs(d) <= 5 or d > 0), d))
     for key, label in (("1", "few modules"), ("1000", "+1000 modules")):
         if key in rl:
             m = statistics.median(rl[key])
-            out.append("  %s reload < 5 ms (%s)%s: %.2f ms" % (verdict(m < 5), label, " " * (20 - len(label)), m))
+            out.append("  %s %-41s: %.2f ms" % (verdict(m < 5), "reload < 5 ms (%s)" % label, m))
     if "rss_first_kib" in res:
         d = 100.0 * (res["rss_last_kib"] - res["rss_first_kib"]) / res["rss_first_kib"]
         out.append("  %s RSS flat within +-10%%                    : %+.1f%%" % (verdict(abs(d) <= 10), d))
@@ -607,6 +645,15 @@ def main():
         os.mkdir(probe_few)
         write_atomically(os.path.join(probe_few, "reload_probe.py"), PROBE_TEMPLATE.format(value="start"))
         base_dirs = [os.path.join(ROOT, "plugins"), os.path.join(BENCH, "plugins")]
+        # The 1000 extra modules are written now, long before their server starts: dpms compares
+        # the bytes of files modified less than 2 s before it last verified them (its "racily
+        # clean" rule), and this benchmark measures the steady state, not the first seconds
+        # after a mass deploy.
+        many = os.path.join(workdir, "many")
+        os.mkdir(many)
+        generate_modules(many, EXTRA_MODULES)
+        write_atomically(os.path.join(many, "reload_probe.py"), PROBE_TEMPLATE.format(value="start"))
+        time.sleep(2.5)  # let them (and the probe written above) age past that window
 
         factories = {
             "dpms": lambda: make_dpms("dpms", base_dirs + [probe_few], workdir, with_workers),
@@ -660,10 +707,6 @@ def main():
                     res["problems"].append("reference server answered HTTP %d" % st)
 
         if "dpms" in wanted and not opts.skip_extra:
-            many = os.path.join(workdir, "many")
-            os.mkdir(many)
-            generate_modules(many, EXTRA_MODULES)
-            write_atomically(os.path.join(many, "reload_probe.py"), PROBE_TEMPLATE.format(value="start"))
             srv = make_dpms("dpms-1000", base_dirs + [many], workdir, with_workers)
             log("starting dpms with %d extra modules on port %d" % (EXTRA_MODULES, srv.port))
             try:
