@@ -109,8 +109,8 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "DPMS_PY_THREADS",
-        default: "32",
-        doc: "Python threads that run plugin calls; a call that blocks holds one of them.",
+        default: "128",
+        doc: "Python threads per worker for calls not known to be short; a call that blocks holds one of them (idle threads cost only memory for their stacks).",
     },
     Setting {
         name: "DPMS_SHUTDOWN_SECS",
@@ -419,7 +419,7 @@ impl Sources {
             .get("DPMS_VENV")
             .or_else(|| self.get("VIRTUAL_ENV"))
             .map(|v| workdir.join(v));
-        let py_threads: usize = self.parsed("DPMS_PY_THREADS", 32, "expected a whole number")?;
+        let py_threads: usize = self.parsed("DPMS_PY_THREADS", 128, "expected a whole number")?;
         if !(1..=1024).contains(&py_threads) {
             return Err(invalid(
                 "DPMS_PY_THREADS",
