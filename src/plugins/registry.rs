@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::watcher::{ChangeQueue, DirState, FileState, FolderWatcher};
+use super::watcher::{ChangeQueue, Changes, DirState, FileState, FolderWatcher};
 use crate::config::{Config, ReloadMode};
 use crate::marshal::Signature;
 use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost, Schedule};
@@ -145,14 +145,16 @@ impl Registry {
         if self.config.reload == ReloadMode::Never {
             return snap;
         }
-        let changed = match &self.queue {
+        let changes = match &self.queue {
             Some(queue) => queue.drain(),
-            None => !snap.dirs_current(),
+            None if snap.dirs_current() => Changes::Nothing,
+            None => Changes::Everything,
         };
         // A reload under way (the watcher's) may have drained the queue already: wait for it.
+        // Whatever it drained, it checks itself.
         let reloading = self.reload_lock.try_lock().is_err();
-        if changed || reloading || self.dirty.load(Ordering::Acquire) {
-            return self.sync(&[]).await;
+        if !changes.is_nothing() || reloading || self.dirty.load(Ordering::Acquire) {
+            return self.sync_with(&[], changes).await;
         }
         snap
     }
@@ -185,11 +187,19 @@ impl Registry {
     /// Reconciles the folders with the current snapshot; `force` names modules to re-import
     /// even if unchanged (`DPMS_RELOAD=always`). Returns the snapshot now current.
     pub async fn sync(&self, force: &[String]) -> Arc<Snapshot> {
+        self.sync_with(force, Changes::Nothing).await
+    }
+
+    /// [`Registry::sync`], told which files a drain of the queue already reported. Without the
+    /// queue every file is checked; with it, only files with events (every event is drained
+    /// exactly once, by the caller of the sync that then checks it), new files and `force`.
+    async fn sync_with(&self, force: &[String], mut changes: Changes) -> Arc<Snapshot> {
         let _guard = self.reload_lock.lock().await;
         self.dirty.store(false, Ordering::Release);
         // What is queued now is covered by the scan below; what comes later stays queued.
-        if let Some(queue) = &self.queue {
-            queue.drain();
+        match &self.queue {
+            Some(queue) => changes.merge(queue.drain()),
+            None => changes = Changes::Everything,
         }
         let old = self.current();
 
@@ -200,12 +210,13 @@ impl Registry {
             .map(|d| DirState::scan(d))
             .collect();
         let mut listing: Vec<(String, PathBuf)> = Vec::new();
+        let mut first_seen: HashMap<String, usize> = HashMap::new();
         let mut problems: Vec<FileProblem> = Vec::new();
         for dir in &dirs {
             for name in dir.names() {
                 let stem = name.trim_end_matches(".py").to_string();
                 let path = dir.path.join(name);
-                if let Some((_, first)) = listing.iter().find(|(s, _)| *s == stem) {
+                if let Some((_, first)) = first_seen.get(&stem).map(|&i| &listing[i]) {
                     problems.push(FileProblem {
                         key: path.display().to_string(),
                         status: "shadowed",
@@ -215,6 +226,7 @@ impl Registry {
                         ),
                     });
                 } else {
+                    first_seen.insert(stem.clone(), listing.len());
                     listing.push((stem, path));
                 }
             }
@@ -226,9 +238,11 @@ impl Registry {
         let mut files: Vec<TrackedFile> = Vec::new();
         let mut changed: HashSet<String> = HashSet::new();
         for (stem, path) in &listing {
-            let kept = old_files
-                .get(stem.as_str())
-                .filter(|f| &f.path == path && !force.contains(stem) && f.state.is_current(path));
+            let kept = old_files.get(stem.as_str()).filter(|f| {
+                &f.path == path
+                    && !force.contains(stem)
+                    && (!changes.covers(&format!("{stem}.py")) || f.state.is_current(path))
+            });
             match kept {
                 Some(f) => files.push((*f).clone()),
                 None => match FileState::read(path) {
@@ -282,10 +296,19 @@ impl Registry {
                 source: Arc::clone(&f.state.source),
             })
             .collect();
-        let file_map: Vec<(String, String)> = files
-            .iter()
-            .map(|f| (f.stem.clone(), f.path.display().to_string()))
-            .collect();
+        // The helper's stem -> path map changes only when files come or go.
+        let same_files = old.files.len() == files.len()
+            && old
+                .files
+                .iter()
+                .zip(&files)
+                .all(|(a, b)| a.stem == b.stem && a.path == b.path);
+        let file_map: Option<Vec<(String, String)>> = (!same_files).then(|| {
+            files
+                .iter()
+                .map(|f| (f.stem.clone(), f.path.display().to_string()))
+                .collect()
+        });
         let started = std::time::Instant::now();
         let results = if requests.is_empty() && removed.is_empty() {
             Vec::new()

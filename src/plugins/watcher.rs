@@ -167,7 +167,13 @@ fn list_plugins(dir: &Path) -> Vec<String> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let is_plugin = name.ends_with(".py") && name != "__init__.py" && name.len() > 3;
-            (is_plugin && e.path().is_file()).then_some(name)
+            // The entry's type needs no stat; only a symlink is followed to see what it names.
+            let is_file = match e.file_type() {
+                Ok(t) if t.is_file() => true,
+                Ok(t) if t.is_symlink() => e.path().is_file(),
+                _ => false,
+            };
+            (is_plugin && is_file).then_some(name)
         })
         .collect();
     names.sort();
@@ -200,14 +206,13 @@ impl ChangeQueue {
         })
     }
 
-    /// Whether a plugin file (or a folder itself) changed since the last call. One `read`
-    /// that finds nothing in the common case.
-    pub fn drain(&self) -> bool {
+    /// What changed since the last call. One `read` that finds nothing in the common case.
+    pub fn drain(&self) -> Changes {
         let Ok(mut inotify) = self.inotify.lock() else {
-            return true;
+            return Changes::Everything;
         };
         let mut buf = [0u8; 4096];
-        let mut changed = false;
+        let mut changes = Changes::Nothing;
         // Bounded: a folder rewritten continuously must not keep one request here.
         for _ in 0..64 {
             match inotify.read_events(&mut buf) {
@@ -215,11 +220,16 @@ impl ChangeQueue {
                     let mut any = false;
                     for e in events {
                         any = true;
-                        let relevant = e
-                            .name
-                            .is_none_or(|n| n.as_encoded_bytes().ends_with(b".py"))
-                            || e.mask.contains(inotify::EventMask::Q_OVERFLOW);
-                        changed |= relevant;
+                        if e.mask.contains(inotify::EventMask::Q_OVERFLOW) {
+                            changes = Changes::Everything;
+                            continue;
+                        }
+                        match e.name.and_then(|n| n.to_str()) {
+                            Some(name) if name.ends_with(".py") => changes.add(name),
+                            Some(_) => {}
+                            // An event on a folder itself (deleted, moved).
+                            None => changes = Changes::Everything,
+                        }
                     }
                     if !any {
                         break;
@@ -227,10 +237,57 @@ impl ChangeQueue {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // An unreadable queue: assume the worst, a reload re-checks every file.
-                Err(_) => return true,
+                Err(_) => return Changes::Everything,
             }
         }
-        changed
+        changes
+    }
+}
+
+/// Which plugin files changed, as far as the inotify queue says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    Nothing,
+    /// File names (`x.py`) with events; a reload checks only these.
+    Files(std::collections::HashSet<String>),
+    /// Anything may have changed (overflow, a folder event, or no queue): check every file.
+    Everything,
+}
+
+impl Changes {
+    fn add(&mut self, name: &str) {
+        match self {
+            Changes::Nothing => *self = Changes::Files([name.to_string()].into()),
+            Changes::Files(names) => {
+                names.insert(name.to_string());
+            }
+            Changes::Everything => {}
+        }
+    }
+
+    pub fn merge(&mut self, other: Changes) {
+        match other {
+            Changes::Nothing => {}
+            Changes::Everything => *self = Changes::Everything,
+            Changes::Files(names) => {
+                for n in names {
+                    self.add(&n);
+                }
+            }
+        }
+    }
+
+    pub fn is_nothing(&self) -> bool {
+        *self == Changes::Nothing
+    }
+
+    /// Whether `file_name` must be checked against disk.
+    pub fn covers(&self, file_name: &str) -> bool {
+        match self {
+            Changes::Nothing => false,
+            Changes::Files(names) => names.contains(file_name),
+            Changes::Everything => true,
+        }
     }
 }
 

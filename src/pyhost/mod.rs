@@ -203,10 +203,11 @@ impl PyHost {
     }
 
     /// Imports a batch of files afresh (see `_host.load_batch`). `files` is the complete
-    /// stem → path map of the plugin folders; `forget` lists modules whose files are gone.
+    /// stem → path map of the plugin folders when it changed; `forget` lists modules whose
+    /// files are gone.
     pub async fn load(
         &self,
-        files: Vec<(String, String)>,
+        files: Option<Vec<(String, String)>>,
         forget: Vec<String>,
         requests: Vec<LoadRequest>,
     ) -> Result<Vec<Loaded>, String> {

@@ -26,7 +26,7 @@ use crate::router::Module;
 pub enum Job {
     Call(CallJob),
     Load {
-        files: Vec<(String, String)>,
+        files: Option<Vec<(String, String)>>,
         forget: Vec<String>,
         requests: Vec<LoadRequest>,
         reply: oneshot::Sender<Result<Vec<Loaded>, String>>,
@@ -340,16 +340,18 @@ impl Native {
 
 fn run_load(
     py: Python<'_>,
-    files: Vec<(String, String)>,
+    files: Option<Vec<(String, String)>>,
     forget: Vec<String>,
     requests: Vec<LoadRequest>,
 ) -> PyResult<Vec<Loaded>> {
     let host = host_module(py)?;
-    let map = PyDict::new(py);
-    for (stem, path) in &files {
-        map.set_item(stem, path)?;
+    if let Some(files) = files {
+        let map = PyDict::new(py);
+        for (stem, path) in &files {
+            map.set_item(stem, path)?;
+        }
+        host.call_method1(intern!(py, "set_files"), (map,))?;
     }
-    host.call_method1(intern!(py, "set_files"), (map,))?;
     for name in forget {
         host.call_method1(intern!(py, "forget"), (name,))?;
     }
