@@ -104,12 +104,27 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => {
+            flush_logs();
             // Python threads may still be inside a plugin: exit without waiting for them.
             std::process::exit(0);
         }
         Err(message) => {
+            flush_logs();
             eprintln!("dpms: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The log writer thread's guard (see `dpms::telemetry`).
+static LOG_GUARD: std::sync::OnceLock<std::sync::Mutex<Option<dpms::telemetry::LogGuard>>> =
+    std::sync::OnceLock::new();
+
+/// Writes out queued log lines (`exit` runs no destructors).
+fn flush_logs() {
+    if let Some(slot) = LOG_GUARD.get() {
+        if let Ok(mut guard) = slot.lock() {
+            drop(guard.take());
         }
     }
 }
@@ -120,7 +135,9 @@ fn configure(args: &ServeArgs) -> Result<Config, String> {
         std::env::current_dir().map_err(|e| format!("cannot read the working folder: {e}"))?;
     let sources = Sources::load(&workdir, args.overrides()).map_err(|e| e.to_string())?;
     let config = sources.config(&workdir).map_err(|e| e.to_string())?;
-    dpms::telemetry::init(&config.log_filter);
+    let guard = dpms::telemetry::init(&config.log_filter);
+    // Lives until the process exits; `main` flushes it before `exit`.
+    let _ = LOG_GUARD.set(std::sync::Mutex::new(Some(guard)));
     for warning in &sources.warnings {
         tracing::warn!("{warning}");
     }
