@@ -113,6 +113,16 @@ pub const SETTINGS: &[Setting] = &[
         doc: "Python threads per worker for calls not known to be short; a call that blocks holds one of them (idle threads cost only memory for their stacks).",
     },
     Setting {
+        name: "DPMS_MAX_QUEUE",
+        default: "1024",
+        doc: "Calls that may wait for a Python thread in one worker; past it the client gets 503 `overloaded` with `Retry-After` at once.",
+    },
+    Setting {
+        name: "DPMS_BODY_SECS",
+        default: "30",
+        doc: "A client must send its whole request body within this many seconds; past it, 408 `request_timeout` and the connection is closed.",
+    },
+    Setting {
         name: "DPMS_SHUTDOWN_SECS",
         default: "10",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.",
@@ -161,6 +171,10 @@ pub struct Config {
     /// The virtual environment whose site-packages are appended to `sys.path`.
     pub venv: Option<PathBuf>,
     pub py_threads: usize,
+    /// Calls that may wait for a Python thread (per worker).
+    pub max_queued: usize,
+    /// Deadline for reading a request body.
+    pub body_time: Duration,
     /// Worker processes under the supervisor.
     pub workers: usize,
     pub shutdown_time: Duration,
@@ -427,6 +441,22 @@ impl Sources {
                 "expected 1 to 1024",
             ));
         }
+        let max_queued: usize = self.parsed("DPMS_MAX_QUEUE", 1024, "expected a whole number")?;
+        if !(1..=1_000_000).contains(&max_queued) {
+            return Err(invalid(
+                "DPMS_MAX_QUEUE",
+                &max_queued.to_string(),
+                "expected 1 to 1000000",
+            ));
+        }
+        let body_secs: f64 = self.parsed("DPMS_BODY_SECS", 30.0, "expected seconds")?;
+        if !(body_secs.is_finite() && body_secs > 0.0 && body_secs <= 3600.0) {
+            return Err(invalid(
+                "DPMS_BODY_SECS",
+                &body_secs.to_string(),
+                "expected seconds between 0 and 3600",
+            ));
+        }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers: usize = self.parsed("DPMS_WORKERS", cpus, "expected a whole number")?;
         if !(1..=256).contains(&workers) {
@@ -454,6 +484,8 @@ impl Sources {
             admin_id,
             venv,
             py_threads,
+            max_queued,
+            body_time: Duration::from_secs_f64(body_secs),
             workers,
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),

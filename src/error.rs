@@ -46,6 +46,10 @@ pub enum ApiError {
     },
     #[error("The request body is larger than {max} bytes.")]
     BodyTooLarge { max: usize },
+    #[error("The request body did not arrive within {secs} seconds.")]
+    RequestTimeout { secs: f64 },
+    #[error("Too many calls are waiting; retry in a moment.")]
+    Overloaded,
     #[error("The request target is longer than {max} bytes.")]
     UriTooLong { max: usize },
     #[error("The request headers are larger than {max} bytes.")]
@@ -82,6 +86,8 @@ impl ApiError {
             | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Ambiguous { .. } => StatusCode::CONFLICT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Plugin { .. }
@@ -107,6 +113,8 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::Ambiguous { .. } => "ambiguous_api",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::RequestTimeout { .. } => "request_timeout",
+            ApiError::Overloaded => "overloaded",
             ApiError::UriTooLong { .. } => "uri_too_long",
             ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::Plugin { .. } => "plugin_error",

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde_json::Value;
 
@@ -41,6 +41,12 @@ pub fn error(err: &ApiError) -> Response<Body> {
     let mut resp = json_value(err.status(), &err.body());
     if let Some(allow) = err.allow() {
         set_header(&mut resp, ALLOW, &allow.to_string());
+    }
+    match err {
+        ApiError::Overloaded => set_header(&mut resp, RETRY_AFTER, "1"),
+        // The rest of the body may still be on its way: do not read it, close.
+        ApiError::RequestTimeout { .. } => set_header(&mut resp, CONNECTION, "close"),
+        _ => {}
     }
     resp
 }

@@ -316,7 +316,15 @@ async fn call(
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_string();
     let takes_body = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
-    let bytes = read_body(body, config.max_body).await?;
+    let bytes = match tokio::time::timeout(config.body_time, read_body(body, config.max_body)).await
+    {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(ApiError::RequestTimeout {
+                secs: config.body_time.as_secs_f64(),
+            })
+        }
+    };
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)
@@ -450,6 +458,7 @@ async fn call(
                 reason,
             })
         }
+        Err(CallFailure::Overloaded) => Err(ApiError::Overloaded),
         Err(CallFailure::Internal(detail)) => Err(ApiError::Internal(detail)),
     }
 }

@@ -112,6 +112,8 @@ pub enum CallFailure {
     },
     /// The result cannot be converted to JSON.
     Unserializable(String),
+    /// The queue of calls waiting for a Python thread is full.
+    Overloaded,
     /// A fault of dpms itself.
     Internal(String),
 }
@@ -143,7 +145,7 @@ pub enum Loaded {
 
 /// The embedded interpreter and its threads.
 pub struct PyHost {
-    jobs: crossbeam_channel::Sender<worker::Job>,
+    queues: worker::Queues,
 }
 
 impl PyHost {
@@ -153,8 +155,8 @@ impl PyHost {
         init_interpreter()?;
         let extra_paths = venv_site_packages(config);
         Python::attach(|py| setup(py, config, &extra_paths)).map_err(HostError::Setup)?;
-        let jobs = worker::spawn(config.py_threads);
-        Ok(PyHost { jobs })
+        let queues = worker::spawn(config.py_threads, config.max_queued);
+        Ok(PyHost { queues })
     }
 
     /// Runs one plugin call, inline on this thread if its endpoint is known to be short,
@@ -190,10 +192,16 @@ impl PyHost {
             request,
             reply,
         });
-        // A send fails only when every Python thread is gone; the dropped reply then reads as
-        // an internal error at the caller.
-        let _ = self.jobs.send(job);
-        Dispatch::Pending(rx)
+        match self.queues.calls.try_send(job) {
+            Ok(()) => Dispatch::Pending(rx),
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                Dispatch::Done(Err(CallFailure::Overloaded))
+            }
+            // Every Python thread is gone.
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Dispatch::Done(Err(
+                CallFailure::Internal("no Python thread is running".into()),
+            )),
+        }
     }
 
     /// Runs `f` on this thread with a permanent Python thread state, detached: calls made
@@ -218,7 +226,8 @@ impl PyHost {
             requests,
             reply,
         };
-        self.jobs
+        self.queues
+            .loads
             .send(job)
             .map_err(|_| "no Python thread is running".to_string())?;
         rx.await

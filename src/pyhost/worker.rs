@@ -47,23 +47,41 @@ thread_local! {
 }
 
 /// Starts `count` Python threads sharing one job queue.
-pub fn spawn(count: usize) -> crossbeam_channel::Sender<Job> {
-    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+/// Starts `count` Python threads. Calls wait in a queue of at most `max_queued` (a full queue
+/// is the caller's 503); loads have their own unbounded queue and are taken first.
+pub fn spawn(count: usize, max_queued: usize) -> Queues {
+    let (calls, call_rx) = crossbeam_channel::bounded::<Job>(max_queued);
+    let (loads, load_rx) = crossbeam_channel::unbounded::<Job>();
     for i in 0..count {
-        let rx = rx.clone();
+        let (call_rx, load_rx) = (call_rx.clone(), load_rx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("dpms-py-{i}"))
-            .spawn(move || thread_main(rx));
+            .spawn(move || thread_main(call_rx, load_rx));
         if let Err(e) = spawned {
             tracing::error!(cause = %e, "cannot start a Python thread");
         }
     }
-    tx
+    Queues { calls, loads }
 }
 
-fn thread_main(rx: crossbeam_channel::Receiver<Job>) {
+/// The two job queues of the Python threads.
+pub struct Queues {
+    pub calls: crossbeam_channel::Sender<Job>,
+    pub loads: crossbeam_channel::Sender<Job>,
+}
+
+fn thread_main(calls: crossbeam_channel::Receiver<Job>, loads: crossbeam_channel::Receiver<Job>) {
     Python::attach(|py| loop {
-        let Ok(job) = py.detach(|| rx.recv()) else {
+        let next = py.detach(|| {
+            if let Ok(job) = loads.try_recv() {
+                return Ok(job);
+            }
+            crossbeam_channel::select! {
+                recv(loads) -> job => job,
+                recv(calls) -> job => job,
+            }
+        });
+        let Ok(job) = next else {
             return;
         };
         // A panic in one job must not shrink the pool: the job's reply is dropped, which its

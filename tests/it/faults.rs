@@ -77,3 +77,90 @@ fn plugin_output_goes_to_the_log_tagged_with_its_module() {
     );
     assert!(log.contains("oops"), "{log}");
 }
+
+#[test]
+fn a_full_call_queue_answers_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (started, release) = (dir.path().join("started"), dir.path().join("release"));
+    let plugin = format!(
+        "import os, time\nfrom dpms import expose\n\
+         @expose.endpoint(API='hold', blocking=True)\ndef hold():\n    \
+         open({started:?}, 'w').close()\n    \
+         for _ in range(2000):\n        if os.path.exists({release:?}):\n            return 'done'\n        time.sleep(0.01)\n    return 'gave up'\n"
+    );
+    let s = TestServer::start(
+        &[("hold", &plugin)],
+        &[
+            ("DPMS_WORKERS", "1"),
+            ("DPMS_PY_THREADS", "1"),
+            ("DPMS_MAX_QUEUE", "1"),
+        ],
+    );
+    let call = |base: String| {
+        std::thread::spawn(move || {
+            let agent = ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build(),
+            );
+            let mut r = agent
+                .get(format!("{base}/rest/services/hold/"))
+                .call()
+                .unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (
+                r.status().as_u16(),
+                retry,
+                r.body_mut().read_to_string().unwrap_or_default(),
+            )
+        })
+    };
+    let running = call(s.base.clone());
+    for _ in 0..2000 {
+        if started.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(started.exists(), "the first call never started");
+    // One of these two waits in the queue, the other finds it full.
+    let (b, c) = (call(s.base.clone()), call(s.base.clone()));
+    let mut refused = None;
+    for _ in 0..2000 {
+        if b.is_finished() || c.is_finished() {
+            refused = Some(if b.is_finished() {
+                b.join().unwrap()
+            } else {
+                c.join().unwrap()
+            });
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (status, retry, body) =
+        refused.expect("neither call was answered while the queue was full");
+    assert_eq!((status, retry), (503, true), "{body}");
+    assert!(body.contains("\"overloaded\""), "{body}");
+    std::fs::write(&release, b"go").unwrap();
+    assert_eq!(running.join().unwrap().0, 200);
+}
+
+#[test]
+fn a_body_sent_too_slowly_gets_408_and_the_connection_closes() {
+    use std::io::{Read, Write};
+    let s = TestServer::start(&[("faulty", FAULTY)], &[("DPMS_BODY_SECS", "0.5")]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /rest/services/fine/ HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":")
+        .unwrap();
+    let mut answer = Vec::new();
+    // read_to_end returns once the server closes the connection.
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
