@@ -405,20 +405,24 @@ async fn call(
         .call(Arc::clone(&selected.module), selected.endpoint, args, info);
     let outcome = match dispatch {
         Dispatch::Done(result) => result,
-        Dispatch::Pending(rx) => match tokio::time::timeout(config.max_function_time, rx).await {
-            Err(_) => {
-                return Err(ApiError::Timeout {
-                    api: endpoint.api.clone(),
-                    secs: config.max_function_time.as_secs_f64(),
-                })
+        Dispatch::Pending(rx, interrupt) => {
+            match tokio::time::timeout(config.max_function_time, rx).await {
+                Err(_) => {
+                    tracing::warn!(api = %endpoint.api, "call past MAX_FUNCTION_SECS; interrupting it");
+                    interrupt.interrupt();
+                    return Err(ApiError::Timeout {
+                        api: endpoint.api.clone(),
+                        secs: config.max_function_time.as_secs_f64(),
+                    });
+                }
+                Ok(Err(_)) => {
+                    return Err(ApiError::Internal(
+                        "the Python thread dropped the call".into(),
+                    ))
+                }
+                Ok(Ok(result)) => result,
             }
-            Ok(Err(_)) => {
-                return Err(ApiError::Internal(
-                    "the Python thread dropped the call".into(),
-                ))
-            }
-            Ok(Ok(result)) => result,
-        },
+        }
     };
     match outcome {
         Ok(Outcome::Json(result)) => Ok(response::envelope(&endpoint.envelope_prefix, &result)),

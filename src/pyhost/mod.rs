@@ -123,7 +123,30 @@ pub type CallResult = Result<Outcome, CallFailure>;
 /// A call's result, or where it will arrive.
 pub enum Dispatch {
     Done(CallResult),
-    Pending(oneshot::Receiver<CallResult>),
+    Pending(oneshot::Receiver<CallResult>, Interrupt),
+}
+
+/// Stops a call that ran past its deadline.
+pub struct Interrupt(Arc<std::sync::atomic::AtomicI64>);
+
+impl Interrupt {
+    /// Raises `TimeoutError` inside the Python thread still running the call, so a pure-Python
+    /// runaway loop stops burning CPU and frees its thread. (Code stuck in C is not reached.)
+    pub fn interrupt(&self) {
+        Python::attach(|_py| {
+            let thread = self.0.load(std::sync::atomic::Ordering::Acquire);
+            if thread != 0 {
+                // SAFETY: the GIL is held; the call sets and clears `thread` with the GIL held
+                // too, so `thread` is running this very call.
+                unsafe {
+                    pyo3::ffi::PyThreadState_SetAsyncExc(
+                        thread as std::os::raw::c_long,
+                        pyo3::ffi::PyExc_TimeoutError,
+                    );
+                }
+            }
+        });
+    }
 }
 
 /// The outcome of importing one file.
@@ -170,6 +193,7 @@ impl PyHost {
         request: Arc<RequestInfo>,
     ) -> Dispatch {
         let (reply, mut rx) = oneshot::channel();
+        let running = Arc::new(std::sync::atomic::AtomicI64::new(0));
         let inline = module
             .endpoints
             .get(endpoint)
@@ -182,7 +206,8 @@ impl PyHost {
             }
             return match rx.try_recv() {
                 Ok(result) => Dispatch::Done(result),
-                Err(_) => Dispatch::Pending(rx),
+                // A coroutine: nothing to interrupt on a thread.
+                Err(_) => Dispatch::Pending(rx, Interrupt(running)),
             };
         }
         let job = worker::Job::Call(worker::CallJob {
@@ -191,9 +216,10 @@ impl PyHost {
             args,
             request,
             reply,
+            running: Arc::clone(&running),
         });
         match self.queues.calls.try_send(job) {
-            Ok(()) => Dispatch::Pending(rx),
+            Ok(()) => Dispatch::Pending(rx, Interrupt(running)),
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 Dispatch::Done(Err(CallFailure::Overloaded))
             }

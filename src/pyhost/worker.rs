@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,8 @@ pub struct CallJob {
     pub args: CallArgs,
     pub request: Arc<RequestInfo>,
     pub reply: oneshot::Sender<CallResult>,
+    /// The Python thread running this call, while it runs (see [`super::Interrupt`]).
+    pub running: Arc<AtomicI64>,
 }
 
 thread_local! {
@@ -112,8 +115,14 @@ fn run_call(py: Python<'_>, job: CallJob) {
         args,
         request,
         reply,
+        running,
     } = job;
+    // Set and cleared with the GIL held, like the interrupt reads it: no interrupt can land
+    // after this call returned.
+    // SAFETY: pthread_self has no preconditions; CPython's thread ident is this value.
+    running.store(unsafe { libc::pthread_self() } as i64, Ordering::Release);
     let took = invoke(py, &module, endpoint, &args, request, reply);
+    running.store(0, Ordering::Release);
     if let Some(e) = module.endpoints.get(endpoint) {
         e.schedule.record(false, took);
     }

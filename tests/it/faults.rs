@@ -164,3 +164,25 @@ fn a_body_sent_too_slowly_gets_408_and_the_connection_closes() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
 }
+
+#[test]
+fn a_runaway_loop_is_stopped_at_the_deadline_and_frees_its_thread() {
+    let plugin = "from dpms import expose\n\
+                  @expose.endpoint(API='spin', blocking=True)\ndef spin():\n    while True:\n        pass\n\
+                  @expose.endpoint(API='after', blocking=True)\ndef after():\n    return 'free'\n";
+    // One Python thread: `after` can only run if the loop's thread was given back.
+    let s = TestServer::start(
+        &[("spin", plugin)],
+        &[
+            ("DPMS_WORKERS", "1"),
+            ("DPMS_PY_THREADS", "1"),
+            ("MAX_FUNCTION_SECS", "0.5"),
+        ],
+    );
+    assert_eq!(
+        s.get("/rest/services/spin/").error(),
+        (504, "timeout".into())
+    );
+    let r = s.get("/rest/services/after/");
+    assert_eq!((r.status, r.result()), (200, "free".into()), "{}", r.text);
+}
