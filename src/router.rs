@@ -59,6 +59,11 @@ impl Method {
 pub struct MethodSet(u8);
 
 impl MethodSet {
+    /// The set of just `m`.
+    pub fn only(m: Method) -> MethodSet {
+        MethodSet(m.bit())
+    }
+
     pub fn insert(&mut self, m: Method) {
         self.0 |= m.bit();
     }

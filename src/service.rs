@@ -20,7 +20,7 @@ use crate::marshal::{self, Body};
 use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
 use crate::response::{self, Body as RespBody};
-use crate::router::{is_uuid_segment, Located, Method, Selected};
+use crate::router::{is_uuid_segment, Located, Method, MethodSet, Selected};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVICES_PREFIX: &str = "/rest/services";
@@ -157,7 +157,7 @@ async fn route(app: &App, req: Request<Incoming>, remote: SocketAddr) -> Result<
                     ApiError::MethodUndefined {
                         api: "__dir__".into(),
                         method: m.as_str().into(),
-                        allow: crate::router::MethodSet::parse(&["GET".into()]).unwrap_or_default(),
+                        allow: MethodSet::only(Method::Get),
                     },
                     None,
                 )),
