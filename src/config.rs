@@ -306,6 +306,35 @@ impl Sources {
         }
     }
 
+    /// A whole number within `range`.
+    fn count(
+        &self,
+        key: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let what = format!(
+            "expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        );
+        let n = self.parsed(key, default, &what)?;
+        if !range.contains(&n) {
+            return Err(invalid(key, &n.to_string(), &what));
+        }
+        Ok(n)
+    }
+
+    /// A duration in seconds (fractions allowed), more than 0 and at most `max`.
+    fn seconds(&self, key: &str, default: f64, max: f64) -> Result<Duration, ConfigError> {
+        let what = format!("expected seconds between 0 and {max}");
+        let secs: f64 = self.parsed(key, default, &what)?;
+        if !(secs.is_finite() && secs > 0.0 && secs <= max) {
+            return Err(invalid(key, &secs.to_string(), &what));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
     fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(key) {
             None => Ok(default),
@@ -383,14 +412,7 @@ impl Sources {
             Some("stat") => false,
             Some(other) => return Err(invalid("DPMS_WATCH", other, "expected inotify or stat")),
         };
-        let num_url_parms: usize = self.parsed("NUM_URL_PARMS", 10, "expected a whole number")?;
-        if num_url_parms > 1000 {
-            return Err(invalid(
-                "NUM_URL_PARMS",
-                &num_url_parms.to_string(),
-                "at most 1000",
-            ));
-        }
+        let num_url_parms = self.count("NUM_URL_PARMS", 10, 0..=1000)?;
         let url_parm_names = (1..=num_url_parms)
             .map(|n| {
                 self.get(&format!("URL_PARM{n}"))
@@ -403,26 +425,9 @@ impl Sources {
             1024 * 1024usize,
             "expected a size in bytes",
         )?;
-        let max_uri = self.parsed("DPMS_MAX_URI", 8192usize, "expected a size in bytes")?;
-        let max_headers =
-            self.parsed("DPMS_MAX_HEADERS", 65536usize, "expected a size in bytes")?;
-        for (key, value) in [("DPMS_MAX_URI", max_uri), ("DPMS_MAX_HEADERS", max_headers)] {
-            if !(256..=1024 * 1024).contains(&value) {
-                return Err(invalid(
-                    key,
-                    &value.to_string(),
-                    "expected 256 to 1048576 bytes",
-                ));
-            }
-        }
-        let secs: f64 = self.parsed("MAX_FUNCTION_SECS", 30.0, "expected seconds")?;
-        if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
-            return Err(invalid(
-                "MAX_FUNCTION_SECS",
-                &secs.to_string(),
-                "expected seconds between 0 and 86400",
-            ));
-        }
+        let max_uri = self.count("DPMS_MAX_URI", 8192, 256..=1024 * 1024)?;
+        let max_headers = self.count("DPMS_MAX_HEADERS", 65536, 256..=1024 * 1024)?;
+        let max_function_time = self.seconds("MAX_FUNCTION_SECS", 30.0, 86_400.0)?;
         let admin_id = match self.get("ADMIN_ID") {
             None => None,
             Some(v) => {
@@ -433,39 +438,11 @@ impl Sources {
             .get("DPMS_VENV")
             .or_else(|| self.get("VIRTUAL_ENV"))
             .map(|v| workdir.join(v));
-        let py_threads: usize = self.parsed("DPMS_PY_THREADS", 128, "expected a whole number")?;
-        if !(1..=1024).contains(&py_threads) {
-            return Err(invalid(
-                "DPMS_PY_THREADS",
-                &py_threads.to_string(),
-                "expected 1 to 1024",
-            ));
-        }
-        let max_queued: usize = self.parsed("DPMS_MAX_QUEUE", 1024, "expected a whole number")?;
-        if !(1..=1_000_000).contains(&max_queued) {
-            return Err(invalid(
-                "DPMS_MAX_QUEUE",
-                &max_queued.to_string(),
-                "expected 1 to 1000000",
-            ));
-        }
-        let body_secs: f64 = self.parsed("DPMS_BODY_SECS", 30.0, "expected seconds")?;
-        if !(body_secs.is_finite() && body_secs > 0.0 && body_secs <= 3600.0) {
-            return Err(invalid(
-                "DPMS_BODY_SECS",
-                &body_secs.to_string(),
-                "expected seconds between 0 and 3600",
-            ));
-        }
+        let py_threads = self.count("DPMS_PY_THREADS", 128, 1..=1024)?;
+        let max_queued = self.count("DPMS_MAX_QUEUE", 1024, 1..=1_000_000)?;
+        let body_time = self.seconds("DPMS_BODY_SECS", 30.0, 3600.0)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers: usize = self.parsed("DPMS_WORKERS", cpus, "expected a whole number")?;
-        if !(1..=256).contains(&workers) {
-            return Err(invalid(
-                "DPMS_WORKERS",
-                &workers.to_string(),
-                "expected 1 to 256",
-            ));
-        }
+        let workers = self.count("DPMS_WORKERS", cpus, 1..=256)?;
         let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
 
         Ok(Config {
@@ -478,14 +455,14 @@ impl Sources {
             max_body,
             max_uri,
             max_headers,
-            max_function_time: Duration::from_secs_f64(secs),
+            max_function_time,
             debug: self.boolean("DEBUG", false)?,
             multi_tenant: self.boolean("MULTI_TENANT", false)?,
             admin_id,
             venv,
             py_threads,
             max_queued,
-            body_time: Duration::from_secs_f64(body_secs),
+            body_time,
             workers,
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
