@@ -370,3 +370,98 @@ pub fn bind(
         pass_request,
     })
 }
+
+/// Keys a client can never supply through the body or the query string (SPEC §5).
+pub const RESERVED: [&str; 5] = ["func", "module", "uuid", "__body__", "__request__"];
+
+/// What one request brings to marshalling, already taken out of HTTP.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub content_type: Option<&'a str>,
+    /// The raw query string, without `?`.
+    pub query: &'a [u8],
+    pub body: &'a [u8],
+    /// The decoded URL parameters after the API name.
+    pub params: &'a [String],
+    /// The module segment of `/rest/services/<module>/<api>/`, if the URL named one.
+    pub module: Option<&'a str>,
+    pub uuid: Option<&'a str>,
+}
+
+/// The function a request was routed to, and the names URL parameters get.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub api: &'a str,
+    pub func: &'a str,
+    pub sig: &'a Signature,
+    /// `URL_PARM1..n`: one name per allowed URL parameter.
+    pub url_parm_names: &'a [String],
+}
+
+/// A request marshalled into a call, plus what `__request__` shows of it.
+#[derive(Debug)]
+pub struct Marshalled {
+    pub call: CallArgs,
+    pub query: Vec<(String, String)>,
+    /// The parsed JSON body, when the body was JSON.
+    pub json: Option<Value>,
+}
+
+/// Builds the call for one request (SPEC §5): kwargs from body < query < URL parameters <
+/// reserved keys, renamed by `__map__`, then bound to the signature. Every problem is a 4xx.
+pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalled, ApiError> {
+    if req.params.len() > target.url_parm_names.len() {
+        return Err(ApiError::TooManyUrlParams {
+            api: target.api.to_string(),
+            max: target.url_parm_names.len(),
+            given: req.params.len(),
+        });
+    }
+    let takes_body = !matches!(req.method, "GET" | "HEAD" | "OPTIONS");
+    let parsed = if takes_body {
+        parse_body(req.body, req.content_type)?
+    } else {
+        Body::None
+    };
+    let json = match &parsed {
+        Body::Json(v) => Some(v.clone()),
+        _ => None,
+    };
+    let body = body_parts(parsed)?;
+    let query = parse_pairs(req.query, "query string")?;
+
+    let mut kwargs: Map<String, Value> = Map::new();
+    let not_reserved = |k: &String| !RESERVED.contains(&k.as_str());
+    for (k, v) in body.kwargs.into_iter().filter(|(k, _)| not_reserved(k)) {
+        kwargs.insert(k, v);
+    }
+    for (k, v) in query.iter().filter(|(k, _)| not_reserved(k)) {
+        kwargs.insert(k.clone(), Value::String(v.clone()));
+    }
+    for (name, value) in target.url_parm_names.iter().zip(req.params) {
+        let renamed = body
+            .rename
+            .iter()
+            .find(|(from, _)| from == name)
+            .map_or(name, |(_, to)| to);
+        kwargs.insert(renamed.clone(), Value::String(value.clone()));
+    }
+    kwargs.insert("func".into(), Value::String(target.api.to_string()));
+    if let Some(m) = req.module {
+        kwargs.insert("module".into(), Value::String(m.to_string()));
+    }
+    if let Some(u) = req.uuid {
+        kwargs.insert("uuid".into(), Value::String(u.to_string()));
+    }
+    if let Some(sent) = body.as_sent {
+        kwargs.insert("__body__".into(), sent);
+    }
+    let call = bind(
+        target.func,
+        target.sig,
+        body.args,
+        kwargs.into_iter().collect(),
+    )?;
+    Ok(Marshalled { call, query, json })
+}

@@ -11,12 +11,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tracing::Instrument;
 
 use crate::config::{Config, ReloadMode};
 use crate::error::ApiError;
-use crate::marshal::{self, Body};
+use crate::marshal::{self, RequestParts, Target};
 use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
 use crate::response::{self, Body as RespBody};
@@ -24,8 +24,6 @@ use crate::router::{is_uuid_segment, Located, Method, MethodSet, Selected};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVICES_PREFIX: &str = "/rest/services";
-/// Keys a client can never supply through the body or the query string (SPEC §5).
-const RESERVED: [&str; 5] = ["func", "module", "uuid", "__body__", "__request__"];
 
 const X_DPMS_WORKER: HeaderName = HeaderName::from_static("x-dpms-worker");
 
@@ -304,18 +302,7 @@ async fn call(
             exception: err.clone(),
         });
     }
-    let max_params = config.url_parm_names.len();
-    if params.len() > max_params {
-        return Err(ApiError::TooManyUrlParams {
-            api: endpoint.api.clone(),
-            max: max_params,
-            given: params.len(),
-        });
-    }
-
     let (parts, body) = req.into_parts();
-    let method = parts.method.as_str().to_string();
-    let takes_body = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
     let bytes = match tokio::time::timeout(config.body_time, read_body(body, config.max_body)).await
     {
         Ok(read) => read?,
@@ -325,59 +312,28 @@ async fn call(
             })
         }
     };
-    let content_type = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let parsed = if takes_body {
-        marshal::parse_body(&bytes, content_type)?
-    } else {
-        Body::None
-    };
-    let json_body = match &parsed {
-        Body::Json(v) => Some(v.clone()),
-        _ => None,
-    };
-    let body_parts = marshal::body_parts(parsed)?;
-    let query = marshal::parse_pairs(parts.uri.query().unwrap_or("").as_bytes(), "query string")?;
-
-    // kwargs: body < query < URL parameters < reserved keys (SPEC §5).
-    let mut kwargs: Map<String, Value> = Map::new();
-    let not_reserved = |k: &String| !RESERVED.contains(&k.as_str());
-    for (k, v) in body_parts
-        .kwargs
-        .into_iter()
-        .filter(|(k, _)| not_reserved(k))
-    {
-        kwargs.insert(k, v);
-    }
-    for (k, v) in query.iter().filter(|(k, _)| not_reserved(k)) {
-        kwargs.insert(k.clone(), Value::String(v.clone()));
-    }
-    for (name, value) in config.url_parm_names.iter().zip(params) {
-        let renamed = body_parts
-            .rename
-            .iter()
-            .find(|(from, _)| from == name)
-            .map_or(name, |(_, to)| to);
-        kwargs.insert(renamed.clone(), Value::String(value.clone()));
-    }
-    kwargs.insert("func".into(), Value::String(endpoint.api.clone()));
-    if let Some(m) = &module_segment {
-        kwargs.insert("module".into(), Value::String(m.clone()));
-    }
-    if let Some(u) = &uuid {
-        kwargs.insert("uuid".into(), Value::String(u.clone()));
-    }
-    if let Some(sent) = body_parts.as_sent {
-        kwargs.insert("__body__".into(), sent);
-    }
-    let args = marshal::bind(
-        &endpoint.func,
-        &endpoint.params,
-        body_parts.args,
-        kwargs.into_iter().collect(),
+    let method = parts.method.as_str().to_string();
+    let marshalled = marshal::assemble(
+        &RequestParts {
+            method: &method,
+            content_type: parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            query: parts.uri.query().unwrap_or("").as_bytes(),
+            body: &bytes,
+            params,
+            module: module_segment.as_deref(),
+            uuid: uuid.as_deref(),
+        },
+        &Target {
+            api: &endpoint.api,
+            func: &endpoint.func,
+            sig: &endpoint.params,
+            url_parm_names: &config.url_parm_names,
+        },
     )?;
+    let (args, query, json_body) = (marshalled.call, marshalled.query, marshalled.json);
 
     let info = Arc::new(RequestInfo {
         method,
