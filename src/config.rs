@@ -500,19 +500,36 @@ fn is_known(key: &str) -> bool {
         || url_parm_index(key).is_some_and(|n| n >= 1)
 }
 
-/// Reads a `.env` file with dotenvy's parser (inline `# comments`, spaces around `=`), turning
-/// a parse failure into the line number a person can find.
+/// Reads a `.env` file (see [`parse_dotenv`]).
 fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let iter = dotenvy::from_path_iter(path).map_err(|e| ConfigError::Read {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    parse_dotenv(&text).map_err(|e| match e {
+        DotenvError::Line { line, text } => ConfigError::EnvFile { line, text },
+        DotenvError::Other(detail) => ConfigError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(detail),
+        },
+    })
+}
+
+/// Why `.env` text could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DotenvError {
+    #[error("line {line}: cannot parse `{text}`")]
+    Line { line: usize, text: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Parses `.env` text with dotenvy's parser (inline `# comments`, spaces around `=`), turning
+/// a parse failure into the line number a person can find. Never sets anything in the process
+/// environment and never panics, whatever the text.
+pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
     let mut out = Vec::new();
-    for item in iter {
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
         match item {
             Ok(pair) => out.push(pair),
             Err(dotenvy::Error::LineParse(bad, _)) => {
@@ -521,14 +538,9 @@ fn read_dotenv(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
                     .lines()
                     .position(|l| l.contains(first.as_str()))
                     .map_or(0, |i| i + 1);
-                return Err(ConfigError::EnvFile { line, text: first });
+                return Err(DotenvError::Line { line, text: first });
             }
-            Err(e) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            }
+            Err(e) => return Err(DotenvError::Other(e.to_string())),
         }
     }
     Ok(out)
