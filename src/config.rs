@@ -123,6 +123,26 @@ pub const SETTINGS: &[Setting] = &[
         doc: "A client must send its whole request body within this many seconds; past it, 408 `request_timeout` and the connection is closed.",
     },
     Setting {
+        name: "DPMS_HEADER_SECS",
+        default: "30",
+        doc: "A client must send its request headers within this many seconds (an idle keep-alive connection too); past it the connection is closed.",
+    },
+    Setting {
+        name: "DPMS_MAX_CONNECTIONS",
+        default: "10000",
+        doc: "Open connections one worker serves at a time; further clients wait in the kernel's accept queue (memory stays bounded).",
+    },
+    Setting {
+        name: "DPMS_LOAD_SECS",
+        default: "30",
+        doc: "Deadline for importing one plugin file; past it the import is stopped and reported in `__dir__` (an import stuck in C retires the worker and the file is quarantined), other modules load.",
+    },
+    Setting {
+        name: "DPMS_WORKER_MEMORY",
+        default: "0 (no limit)",
+        doc: "Address-space limit of one worker in MiB (`RLIMIT_AS`); a plugin allocating past it gets `MemoryError` (500), or the worker is replaced.",
+    },
+    Setting {
         name: "DPMS_SHUTDOWN_SECS",
         default: "10",
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.",
@@ -175,6 +195,14 @@ pub struct Config {
     pub max_queued: usize,
     /// Deadline for reading a request body.
     pub body_time: Duration,
+    /// Deadline for reading request headers (and for an idle keep-alive connection).
+    pub header_time: Duration,
+    /// Open connections per worker.
+    pub max_connections: usize,
+    /// Deadline for importing one plugin file.
+    pub load_time: Duration,
+    /// Address-space limit of a worker in bytes (`None`: no limit).
+    pub worker_memory: Option<u64>,
     /// Worker processes under the supervisor.
     pub workers: usize,
     pub shutdown_time: Duration,
@@ -441,6 +469,20 @@ impl Sources {
         let py_threads = self.count("DPMS_PY_THREADS", 128, 1..=1024)?;
         let max_queued = self.count("DPMS_MAX_QUEUE", 1024, 1..=1_000_000)?;
         let body_time = self.seconds("DPMS_BODY_SECS", 30.0, 3600.0)?;
+        let header_time = self.seconds("DPMS_HEADER_SECS", 30.0, 3600.0)?;
+        let max_connections = self.count("DPMS_MAX_CONNECTIONS", 10_000, 1..=1_000_000)?;
+        let load_time = self.seconds("DPMS_LOAD_SECS", 30.0, 86_400.0)?;
+        let worker_memory = match self.count("DPMS_WORKER_MEMORY", 0, 0..=(1 << 30))? {
+            0 => None,
+            mib if mib < 256 => {
+                return Err(invalid(
+                    "DPMS_WORKER_MEMORY",
+                    &mib.to_string(),
+                    "expected 0 (no limit) or at least 256 MiB: Python and the worker's threads need that much address space",
+                ))
+            }
+            mib => Some(mib as u64 * 1024 * 1024),
+        };
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = self.count("DPMS_WORKERS", cpus, 1..=256)?;
         let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
@@ -463,6 +505,10 @@ impl Sources {
             py_threads,
             max_queued,
             body_time,
+            header_time,
+            max_connections,
+            load_time,
+            worker_memory,
             workers,
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),

@@ -53,6 +53,9 @@ pub fn run(
     on_ready: impl FnOnce() + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    if let Some(bytes) = config.worker_memory {
+        limit_address_space(bytes)?;
+    }
     let config = Arc::new(config);
     let host = Arc::new(pyhost::PyHost::start(&config)?);
     let io = std::thread::Builder::new()
@@ -76,6 +79,21 @@ pub fn run(
             })
         })?;
     io.join().map_err(|_| RunError::Panicked)??;
+    Ok(())
+}
+
+/// `DPMS_WORKER_MEMORY`: past this much address space, allocations fail — in Python as a
+/// `MemoryError` the plugin's caller sees as a 500; an allocation that fails in Rust aborts the
+/// worker, which the supervisor replaces.
+fn limit_address_space(bytes: u64) -> Result<(), RunError> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+        return Err(RunError::Io(std::io::Error::last_os_error()));
+    }
     Ok(())
 }
 

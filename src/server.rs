@@ -15,15 +15,12 @@ use tokio::sync::Semaphore;
 
 use crate::service::{handle, App};
 
-/// Open connections beyond this wait in the kernel's accept queue: memory stays bounded.
-const MAX_CONNECTIONS: usize = 10_000;
-/// A client must finish sending its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Open connections beyond the cap wait in the kernel's accept queue: memory stays bounded.
+    let limit = Arc::new(Semaphore::new(app.config.max_connections));
+    let header_time = app.config.header_time;
     let shutdown_time = app.config.shutdown_time;
     // hyper answers requests over its read buffer itself, with an empty body: keep its limit
     // well above dpms's own so the JSON 414/431 are what clients see.
@@ -58,7 +55,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(header_time)
             .max_buf_size(max_buf)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

@@ -72,3 +72,18 @@ fn the_example_env_file_loads() {
         "{first:?}"
     );
 }
+
+#[test]
+fn readme_settings_table_is_the_one_dpms_prints() {
+    let out = std::process::Command::new(crate::support::binary())
+        .arg("settings")
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(table.trim_end()),
+        "README.md's settings table is out of date: paste the output of `dpms settings`"
+    );
+}

@@ -66,7 +66,7 @@ fn plugin_output_goes_to_the_log_tagged_with_its_module() {
     let chatty = "import sys\nfrom dpms import expose\n@expose.endpoint(API='chatty')\ndef chatty():\n    print('hello from chatty')\n    print('oops', file=sys.stderr)\n    return 'ok'\n";
     let s = TestServer::start(&[("chatty", chatty)], &[]);
     assert_eq!(s.get("/rest/services/chatty/").result(), "ok");
-    let log = s.log();
+    let log = s.log_with("oops");
     let line = log
         .lines()
         .find(|l| l.contains("hello from chatty"))

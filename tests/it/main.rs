@@ -6,5 +6,6 @@ mod compat;
 mod config;
 mod faults;
 mod hotplug;
+mod limits;
 mod support;
 mod workers;

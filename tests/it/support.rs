@@ -133,6 +133,19 @@ impl TestServer {
         std::fs::read_to_string(self.workdir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// The log once it contains `needle` (lines are written by a background thread, so a line
+    /// for a finished request may land a moment later); the log as it is after 10 s otherwise.
+    pub fn log_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Writes a plugin by rename (what deploy tools do).
     pub fn write(&self, name: &str, source: &str) {
         write_atomic(&self.plugins.join(format!("{name}.py")), source);
@@ -182,6 +195,17 @@ impl TestServer {
         None
     }
 
+    /// A GET on a new connection that may fail (the worker serving it may die): `None` then.
+    pub fn try_get(&self, path: &str) -> Option<Reply> {
+        let request = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{}", self.base, path))
+            .header("connection", "close")
+            .body(Vec::new())
+            .expect("request");
+        self.try_send(request)
+    }
+
     pub fn post_json(&self, path: &str, body: &str) -> Reply {
         self.request("POST", path, Some(("application/json", body.as_bytes())))
     }
@@ -199,7 +223,11 @@ impl TestServer {
     }
 
     fn send(&self, request: ureq::http::Request<Vec<u8>>) -> Reply {
-        let mut resp = self.agent.run(request).expect("HTTP request");
+        self.try_send(request).expect("HTTP request")
+    }
+
+    fn try_send(&self, request: ureq::http::Request<Vec<u8>>) -> Option<Reply> {
+        let mut resp = self.agent.run(request).ok()?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
@@ -207,11 +235,11 @@ impl TestServer {
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        Reply {
+        Some(Reply {
             status,
             headers,
             text,
-        }
+        })
     }
 }
 

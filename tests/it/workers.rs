@@ -131,3 +131,42 @@ fn sigterm_stops_the_supervisor_and_its_workers() {
     let alive = Path::new(&format!("/proc/{worker_pid}")).exists();
     assert!(!alive, "worker {worker_pid} outlived its supervisor");
 }
+
+/// A plugin that ends its process (`os._exit`, a segfault through ctypes) costs only the
+/// worker that ran it: the other worker keeps answering, and the dead one is replaced.
+#[test]
+fn a_plugin_that_kills_its_worker_costs_only_that_worker() {
+    let plugin = "import os, ctypes\nfrom dpms import expose\n\
+                  @expose.endpoint(API='exit-now')\ndef exit_now():\n    os._exit(7)\n\
+                  @expose.endpoint(API='segfault')\ndef segfault():\n    return ctypes.string_at(0)\n";
+    let s = TestServer::start(
+        &[("pidp", PID_PLUGIN), ("crash", plugin)],
+        &[("DPMS_WORKERS", "2")],
+    );
+    for (n, crasher) in ["/rest/services/exit-now/", "/rest/services/segfault/"]
+        .into_iter()
+        .enumerate()
+    {
+        // The crashing call gets no answer: its connection closes with the process.
+        assert!(s.try_get(crasher).is_none_or(|r| r.status >= 500));
+        // Every request after the crash succeeds, and within the deadline the supervisor has
+        // replaced the dead worker and both slots answer again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut slots = std::collections::BTreeSet::new();
+        let replaced = |s: &TestServer| s.log().matches("worker exited; replacing it").count() > n;
+        while Instant::now() < deadline && (slots.len() < 2 || !replaced(&s)) {
+            let r = s.get_fresh("/rest/services/pid/");
+            assert_eq!(
+                r.status, 200,
+                "a request failed after {crasher}: {}",
+                r.text
+            );
+            slots.insert(worker_of(&r));
+        }
+        assert!(
+            slots.len() == 2 && replaced(&s),
+            "no replacement after {crasher}:\n{}",
+            s.log()
+        );
+    }
+}
