@@ -580,16 +580,35 @@ pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
             Ok(pair) => out.push(pair),
             Err(dotenvy::Error::LineParse(bad, _)) => {
                 let first = bad.lines().next().unwrap_or("").to_string();
-                let line = text
-                    .lines()
-                    .position(|l| l.contains(first.as_str()))
-                    .map_or(0, |i| i + 1);
+                let line = error_line(text, &first);
                 return Err(DotenvError::Line { line, text: first });
             }
             Err(e) => return Err(DotenvError::Other(e.to_string())),
         }
     }
     Ok(out)
+}
+
+/// The line (from 1) where the entry dotenvy could not parse starts: the first line holding its
+/// text such that everything before it parses and everything through it does not. (A comment or
+/// an earlier value may hold the same text.)
+fn error_line(text: &str, bad: &str) -> usize {
+    let parses = |t: &str| dotenvy::from_read_iter(t.as_bytes()).all(|item| item.is_ok());
+    let mut start = 0;
+    let mut fallback = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let end = start + line.len();
+        if line.contains(bad) {
+            if fallback == 0 {
+                fallback = i + 1;
+            }
+            if parses(&text[..start]) && !parses(&text[..end]) {
+                return i + 1;
+            }
+        }
+        start = end;
+    }
+    fallback
 }
 
 /// The settings table in Markdown, for the README (`dpms settings`).

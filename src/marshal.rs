@@ -336,8 +336,9 @@ pub fn bind(
         .filter(|(k, _)| sig.accepts_keyword(k))
         .collect();
     for p in positional.iter().take(args.len()) {
-        let clash =
-            p.kind == ParamKind::PositionalOrKeyword && kwargs.iter().any(|(k, _)| *k == p.name);
+        // `__request__` is always passed by keyword when the function names it.
+        let clash = p.kind == ParamKind::PositionalOrKeyword
+            && (kwargs.iter().any(|(k, _)| *k == p.name) || p.name == "__request__");
         if clash {
             return Err(ApiError::BadArguments(format!(
                 "{func}() got multiple values for argument `{}`: positionally and by keyword.",
@@ -445,6 +446,10 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
             .iter()
             .find(|(from, _)| from == name)
             .map_or(name, |(_, to)| to);
+        // A rename onto a reserved name is dropped: the client cannot supply those.
+        if RESERVED.contains(&renamed.as_str()) {
+            continue;
+        }
         kwargs.insert(renamed.clone(), Value::String(value.clone()));
     }
     kwargs.insert("func".into(), Value::String(target.api.to_string()));

@@ -70,6 +70,9 @@ pub async fn handle(
     let request_id = uuid::Uuid::new_v4().to_string();
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
+    // Error answers and OPTIONS may come before the body was read; hyper then cannot reuse
+    // the connection and closes it: say so, so clients do not send the next request into it.
+    let sent_body = !hyper::body::Body::is_end_stream(req.body());
     let span = tracing::info_span!("request", id = %request_id);
     let (mut resp, endpoint) = async {
         match route(&app, req, remote).await {
@@ -86,6 +89,10 @@ pub async fn handle(
     .await;
     response::set_header(&mut resp, X_REQUEST_ID, &request_id);
     resp.headers_mut().insert(X_DPMS_WORKER, app.worker.clone());
+    if sent_body && (resp.status().is_client_error() || resp.status() == StatusCode::NO_CONTENT) {
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::info!(
         target: "dpms::access",
         method = %method,
@@ -419,6 +426,10 @@ async fn call(
             })
         }
         Err(CallFailure::Overloaded) => Err(ApiError::Overloaded),
+        Err(CallFailure::TimedOut) => Err(ApiError::Timeout {
+            api: endpoint.api.clone(),
+            secs: config.max_function_time.as_secs_f64(),
+        }),
         Err(CallFailure::Internal(detail)) => Err(ApiError::Internal(detail)),
     }
 }
