@@ -45,23 +45,52 @@ pub enum RunError {
 /// Requests are served by a single-threaded runtime on the `dpms-io` thread, which keeps a
 /// permanent Python thread state so short plugin calls can run inline (see
 /// `pyhost::schedule`). `on_ready` runs once the plugins are loaded, before the first
-/// connection is accepted; `worker` is sent as `X-Dpms-Worker`.
+/// connection is accepted; `worker` is sent as `X-Dpms-Worker`. `on_retire` tells the
+/// supervisor to start a replacement when code stuck past its deadline retires this worker
+/// (see `pyhost::Watchdog`); the worker then shuts down as on `shutdown`.
 pub fn run(
     config: config::Config,
     worker: usize,
     listener: std::net::TcpListener,
     on_ready: impl FnOnce() + Send + 'static,
+    on_retire: Option<supervisor::RetireNotice>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     if let Some(bytes) = config.worker_memory {
         limit_address_space(bytes)?;
     }
     let config = Arc::new(config);
-    let host = Arc::new(pyhost::PyHost::start(&config)?);
+    let host = Arc::new(pyhost::PyHost::start(&config, worker)?);
+    let retired = Arc::new(tokio::sync::Notify::new());
+    if let Some(notify_supervisor) = on_retire {
+        let retired = Arc::clone(&retired);
+        let grace = config.shutdown_time;
+        host.on_retire(Box::new(move |reason| {
+            notify_supervisor(&reason);
+            retired.notify_one();
+            // The I/O thread itself may be the one stuck: exit after the grace period whatever
+            // the drain achieved.
+            let _ = std::thread::Builder::new()
+                .name("dpms-retire".into())
+                .spawn(move || {
+                    std::thread::sleep(grace + std::time::Duration::from_secs(1));
+                    tracing::warn!("retired worker exiting with requests still running");
+                    telemetry::flush();
+                    std::process::exit(0);
+                });
+        }));
+    }
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = retired.notified() => {}
+        }
+    };
     let io = std::thread::Builder::new()
         .name("dpms-io".into())
         .spawn(move || {
-            pyhost::PyHost::with_thread_state(move || -> Result<(), std::io::Error> {
+            let io_host = Arc::clone(&host);
+            io_host.with_thread_state(move || -> Result<(), std::io::Error> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;

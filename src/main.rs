@@ -104,27 +104,14 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => {
-            flush_logs();
+            dpms::telemetry::flush();
             // Python threads may still be inside a plugin: exit without waiting for them.
             std::process::exit(0);
         }
         Err(message) => {
-            flush_logs();
+            dpms::telemetry::flush();
             eprintln!("dpms: {message}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// The log writer thread's guard (see `dpms::telemetry`).
-static LOG_GUARD: std::sync::OnceLock<std::sync::Mutex<Option<dpms::telemetry::LogGuard>>> =
-    std::sync::OnceLock::new();
-
-/// Writes out queued log lines (`exit` runs no destructors).
-fn flush_logs() {
-    if let Some(slot) = LOG_GUARD.get() {
-        if let Ok(mut guard) = slot.lock() {
-            drop(guard.take());
         }
     }
 }
@@ -135,9 +122,7 @@ fn configure(args: &ServeArgs) -> Result<Config, String> {
         std::env::current_dir().map_err(|e| format!("cannot read the working folder: {e}"))?;
     let sources = Sources::load(&workdir, args.overrides()).map_err(|e| e.to_string())?;
     let config = sources.config(&workdir).map_err(|e| e.to_string())?;
-    let guard = dpms::telemetry::init(&config.log_filter);
-    // Lives until the process exits; `main` flushes it before `exit`.
-    let _ = LOG_GUARD.set(std::sync::Mutex::new(Some(guard)));
+    dpms::telemetry::init(&config.log_filter);
     for warning in &sources.warnings {
         tracing::warn!("{warning}");
     }
@@ -159,6 +144,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             0,
             listener,
             move || announce(local),
+            None,
             shutdown_signal(),
         )
         .map_err(|e| e.to_string());
@@ -194,11 +180,13 @@ fn worker(args: &ServeArgs) -> Result<(), String> {
     let mut config = configure(args)?;
     config.state_dir = env.state_dir.clone();
     let (index, listener, mut ready) = env.split();
+    let retire = ready.retire_notice();
     dpms::run(
         config,
         index,
         listener,
         move || ready.send(),
+        Some(retire),
         shutdown_signal(),
     )
     .map_err(|e| e.to_string())

@@ -40,6 +40,20 @@ pub struct Plan {
     pub shutdown_time: Duration,
 }
 
+/// What a worker tells the supervisor over the shared pipe, one line each.
+enum Notice {
+    /// `ready <index>`: plugins loaded, serving.
+    Ready(usize),
+    /// `retire <index>`: stuck code makes it useless; replace it now, it exits by itself.
+    Retire(usize),
+}
+
+/// A retired worker draining its requests, killed if it outstays its grace period.
+struct Retiring {
+    child: Child,
+    kill_at: Instant,
+}
+
 /// One worker slot: its process, if running, and when to (re)start it.
 struct Slot {
     child: Option<Child>,
@@ -63,13 +77,18 @@ pub fn run(
         .map_err(|e| format!("cannot create `{}`: {e}", state.display()))?;
     let (ready_reader, ready_writer) =
         std::io::pipe().map_err(|e| format!("cannot create the readiness pipe: {e}"))?;
-    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Notice>();
     std::thread::Builder::new()
         .name("dpms-ready".into())
         .spawn(move || {
             for line in BufReader::new(ready_reader).lines().map_while(Result::ok) {
-                if let Some(i) = line.strip_prefix("ready ").and_then(|i| i.parse().ok()) {
-                    let _ = ready_tx.send(i);
+                let notice = match line.split_once(' ') {
+                    Some(("ready", i)) => i.parse().ok().map(Notice::Ready),
+                    Some(("retire", i)) => i.parse().ok().map(Notice::Retire),
+                    _ => None,
+                };
+                if let Some(n) = notice {
+                    let _ = ready_tx.send(n);
                 }
             }
         })
@@ -107,7 +126,7 @@ fn monitor(
     state: &std::path::Path,
     listener: TcpListener,
     ready_writer: PipeWriter,
-    ready_rx: mpsc::Receiver<usize>,
+    ready_rx: mpsc::Receiver<Notice>,
     stop: Arc<AtomicBool>,
     announce: impl FnOnce(),
 ) -> Result<(), String> {
@@ -126,6 +145,7 @@ fn monitor(
     };
     let mut announce = Some(announce);
     let mut ready = vec![false; plan.workers];
+    let mut retiring: Vec<Retiring> = Vec::new();
     let waiting_since = Instant::now();
 
     while !stop.load(Ordering::Acquire) {
@@ -146,11 +166,37 @@ fn monitor(
                 }
             }
         }
-        while let Ok(i) = ready_rx.try_recv() {
-            if let Some(r) = ready.get_mut(i) {
-                *r = true;
+        while let Ok(notice) = ready_rx.try_recv() {
+            match notice {
+                Notice::Ready(i) => {
+                    if let Some(r) = ready.get_mut(i) {
+                        *r = true;
+                    }
+                }
+                Notice::Retire(i) => {
+                    if let Some(child) = slots.get_mut(i).and_then(|s| s.child.take()) {
+                        tracing::warn!(
+                            worker = i,
+                            pid = child.id(),
+                            "worker retiring; starting its replacement"
+                        );
+                        retiring.push(Retiring {
+                            child,
+                            kill_at: now + plan.shutdown_time + Duration::from_secs(2),
+                        });
+                        // The slot is empty now: the next pass starts the replacement.
+                    }
+                }
             }
         }
+        retiring.retain_mut(|r| {
+            if matches!(r.child.try_wait(), Ok(None)) && now < r.kill_at {
+                return true;
+            }
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+            false
+        });
         if announce.is_some() {
             let all = ready.iter().all(|r| *r);
             let some = ready.iter().any(|r| *r);
@@ -171,6 +217,10 @@ fn monitor(
         std::thread::sleep(POLL);
     }
     drop(listener);
+    for mut r in retiring {
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
     stop_all(&mut slots, plan.shutdown_time);
     drop(ready_writer);
     Ok(())
@@ -340,6 +390,9 @@ impl WorkerEnv {
     }
 }
 
+/// Tells the supervisor that this worker is retiring, with the reason (for the log).
+pub type RetireNotice = Box<dyn FnOnce(&str) + Send>;
+
 /// Tells the supervisor, once, that this worker has loaded its plugins.
 pub struct Ready {
     index: usize,
@@ -348,10 +401,26 @@ pub struct Ready {
 
 impl Ready {
     pub fn send(&mut self) {
-        use std::io::Write;
-        if let Some(mut f) = self.pipe.take() {
-            // One write of under PIPE_BUF bytes: atomic, so lines of workers never interleave.
-            let _ = f.write_all(format!("ready {}\n", self.index).as_bytes());
+        if let Some(f) = self.pipe.take() {
+            notify(&f, &format!("ready {}\n", self.index));
         }
     }
+
+    /// A handle that tells the supervisor this worker is retiring (see `pyhost::Watchdog`).
+    pub fn retire_notice(&self) -> RetireNotice {
+        let pipe = self.pipe.as_ref().and_then(|f| f.try_clone().ok());
+        let index = self.index;
+        Box::new(move |reason| {
+            tracing::warn!(reason, "asking the supervisor for a replacement");
+            if let Some(f) = pipe {
+                notify(&f, &format!("retire {index}\n"));
+            }
+        })
+    }
+}
+
+/// One write of under PIPE_BUF bytes: atomic, so lines of workers never interleave.
+fn notify(mut pipe: &std::fs::File, line: &str) {
+    use std::io::Write;
+    let _ = pipe.write_all(line.as_bytes());
 }

@@ -12,11 +12,11 @@ use std::io::BufWriter;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-/// Keeps the log writer thread; dropping it flushes what is queued.
-pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+/// The log writer thread's guard: dropping it flushes what is queued.
+static GUARD: std::sync::Mutex<Option<WorkerGuard>> = std::sync::Mutex::new(None);
 
-/// Installs the subscriber once; later calls do nothing.
-pub fn init(filter: &str) -> LogGuard {
+/// Installs the subscriber once; later calls do nothing. Lines are queued until [`flush`].
+pub fn init(filter: &str) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -29,5 +29,16 @@ pub fn init(filter: &str) -> LogGuard {
         .with_writer(writer)
         .with_ansi(false)
         .try_init();
-    LogGuard(installed.is_ok().then_some(guard))
+    if installed.is_ok() {
+        if let Ok(mut slot) = GUARD.lock() {
+            *slot = Some(guard);
+        }
+    }
+}
+
+/// Writes out every queued line and stops the writer; call before `process::exit`, which runs
+/// no destructors. Later lines are dropped.
+pub fn flush() {
+    let guard = GUARD.lock().ok().and_then(|mut g| g.take());
+    drop(guard);
 }

@@ -145,15 +145,33 @@ def setup(native, plugin_dirs, extra_paths):
     threading.Thread(target=_loop.run_forever, name="dpms-asyncio", daemon=True).start()
 
 
+class ImportTimeout(TimeoutError):
+    """Raised by the server's watchdog inside an import running past ``DPMS_LOAD_SECS``."""
+
+    def __str__(self):
+        return "the import did not finish within DPMS_LOAD_SECS"
+
+
+class CallTimeout(TimeoutError):
+    """Raised by the server's watchdog inside a call running past ``MAX_FUNCTION_SECS``."""
+
+    def __str__(self):
+        return "the call ran past MAX_FUNCTION_SECS"
+
+
 def _execute(module, source):
-    """Compiles ``source`` and runs it as ``module``, recording the plugin modules it imports."""
+    """Compiles ``source`` and runs it as ``module``, recording the plugin modules it imports.
+    The watchdog times the execution (``DPMS_LOAD_SECS``) and fingerprints the source for the
+    crash quarantine."""
     name = module.__name__
     _imported[name] = set()
     _loading.append(name)
+    _native.import_started(name, source if isinstance(source, bytes) else source.encode())
     try:
         code = compile(source, module.__file__, "exec", dont_inherit=True)
         exec(code, module.__dict__)
     finally:
+        _native.import_finished()
         _loading.pop()
     module.__dpms_source__ = source
     _ours.add(name)

@@ -11,6 +11,7 @@ mod convert;
 mod introspect;
 mod request;
 mod schedule;
+mod watchdog;
 mod worker;
 
 use std::ffi::CStr;
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
 pub use request::RequestInfo;
 pub use schedule::Schedule;
+pub use watchdog::{RetireHook, Watchdog};
 
 use crate::config::Config;
 use crate::marshal::CallArgs;
@@ -114,6 +116,8 @@ pub enum CallFailure {
     Unserializable(String),
     /// The queue of calls waiting for a Python thread is full.
     Overloaded,
+    /// An inline call ran past `MAX_FUNCTION_SECS` (stopped by the watchdog, or just slow).
+    TimedOut,
     /// A fault of dpms itself.
     Internal(String),
 }
@@ -127,25 +131,17 @@ pub enum Dispatch {
 }
 
 /// Stops a call that ran past its deadline.
-pub struct Interrupt(Arc<std::sync::atomic::AtomicI64>);
+pub struct Interrupt {
+    running: Arc<std::sync::atomic::AtomicI64>,
+    watchdog: Arc<Watchdog>,
+}
 
 impl Interrupt {
-    /// Raises `TimeoutError` inside the Python thread still running the call, so a pure-Python
-    /// runaway loop stops burning CPU and frees its thread. (Code stuck in C is not reached.)
+    /// Hands the call to the watchdog, which raises `CallTimeout` inside the Python thread
+    /// still running it, so a pure-Python runaway loop stops burning CPU and frees its thread,
+    /// and retires the worker if the call is stuck in C. Never blocks.
     pub fn interrupt(&self) {
-        Python::attach(|_py| {
-            let thread = self.0.load(std::sync::atomic::Ordering::Acquire);
-            if thread != 0 {
-                // SAFETY: the GIL is held; the call sets and clears `thread` with the GIL held
-                // too, so `thread` is running this very call.
-                unsafe {
-                    pyo3::ffi::PyThreadState_SetAsyncExc(
-                        thread as std::os::raw::c_long,
-                        pyo3::ffi::PyExc_TimeoutError,
-                    );
-                }
-            }
-        });
+        self.watchdog.abandon(Arc::clone(&self.running));
     }
 }
 
@@ -169,17 +165,35 @@ pub enum Loaded {
 /// The embedded interpreter and its threads.
 pub struct PyHost {
     queues: worker::Queues,
+    watchdog: Arc<Watchdog>,
+    call_time: std::time::Duration,
 }
 
 impl PyHost {
     /// Starts Python (once per process), installs the bundled packages and the helper, and
     /// starts `config.py_threads` Python threads.
-    pub fn start(config: &Config) -> Result<PyHost, HostError> {
+    /// `worker` is this worker's index (it names its import marker in the shared state folder).
+    pub fn start(config: &Config, worker: usize) -> Result<PyHost, HostError> {
         init_interpreter()?;
         let extra_paths = venv_site_packages(config);
-        Python::attach(|py| setup(py, config, &extra_paths)).map_err(HostError::Setup)?;
-        let queues = worker::spawn(config.py_threads, config.max_queued);
-        Ok(PyHost { queues })
+        let watchdog = Watchdog::start(
+            config.load_time,
+            config.max_function_time,
+            config.state_dir.as_deref().map(|dir| (dir, worker)),
+        );
+        Python::attach(|py| setup(py, config, &extra_paths, &watchdog))
+            .map_err(HostError::Setup)?;
+        let queues = worker::spawn(config.py_threads, config.max_queued, &watchdog);
+        Ok(PyHost {
+            queues,
+            watchdog,
+            call_time: config.max_function_time,
+        })
+    }
+
+    /// What to do when code stuck past its deadline means this worker must be replaced.
+    pub fn on_retire(&self, hook: RetireHook) {
+        self.watchdog.on_retire(hook);
     }
 
     /// Runs one plugin call, inline on this thread if its endpoint is known to be short,
@@ -199,15 +213,21 @@ impl PyHost {
             .get(endpoint)
             .is_some_and(|e| e.schedule.inline());
         if inline {
-            let took =
-                Python::attach(|py| worker::invoke(py, &module, endpoint, &args, request, reply));
+            let took = Python::attach(|py| {
+                self.watchdog.inline_started();
+                let took = worker::invoke(py, &module, endpoint, &args, request, reply);
+                self.watchdog.inline_finished();
+                took
+            });
             if let Some(e) = module.endpoints.get(endpoint) {
                 e.schedule.record(true, took);
             }
             return match rx.try_recv() {
+                // The watchdog stopped it at the deadline (or it just ran that long).
+                Ok(_) if took > self.call_time => Dispatch::Done(Err(CallFailure::TimedOut)),
                 Ok(result) => Dispatch::Done(result),
                 // A coroutine: nothing to interrupt on a thread.
-                Err(_) => Dispatch::Pending(rx, Interrupt(running)),
+                Err(_) => Dispatch::Pending(rx, self.interrupt(running)),
             };
         }
         let job = worker::Job::Call(worker::CallJob {
@@ -219,7 +239,7 @@ impl PyHost {
             running: Arc::clone(&running),
         });
         match self.queues.calls.try_send(job) {
-            Ok(()) => Dispatch::Pending(rx, Interrupt(running)),
+            Ok(()) => Dispatch::Pending(rx, self.interrupt(running)),
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 Dispatch::Done(Err(CallFailure::Overloaded))
             }
@@ -230,10 +250,21 @@ impl PyHost {
         }
     }
 
-    /// Runs `f` on this thread with a permanent Python thread state, detached: calls made
-    /// inline from it then only take the GIL, they never create a thread state.
-    pub fn with_thread_state<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-        Python::attach(|py| py.detach(f))
+    fn interrupt(&self, running: Arc<std::sync::atomic::AtomicI64>) -> Interrupt {
+        Interrupt {
+            running,
+            watchdog: Arc::clone(&self.watchdog),
+        }
+    }
+
+    /// Runs `f` on this thread (the I/O thread) with a permanent Python thread state,
+    /// detached: calls made inline from it then only take the GIL, they never create a thread
+    /// state.
+    pub fn with_thread_state<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        Python::attach(|py| {
+            self.watchdog.set_io_thread();
+            py.detach(f)
+        })
     }
 
     /// Imports a batch of files afresh (see `_host.load_batch`). `files` is the complete
@@ -343,7 +374,12 @@ fn host_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     .map(|m| m.bind(py))
 }
 
-fn setup(py: Python<'_>, config: &Config, extra_paths: &[String]) -> Result<(), String> {
+fn setup(
+    py: Python<'_>,
+    config: &Config,
+    extra_paths: &[String],
+    watchdog: &Arc<Watchdog>,
+) -> Result<(), String> {
     let run = || -> PyResult<()> {
         let host = host_module(py)?;
         host.call_method1("install_packages", (PACKAGES.to_vec(),))?;
@@ -352,7 +388,16 @@ fn setup(py: Python<'_>, config: &Config, extra_paths: &[String]) -> Result<(), 
             .iter()
             .map(|d| d.display().to_string())
             .collect();
-        let native = Py::new(py, worker::Native)?;
+        let native = Py::new(
+            py,
+            worker::Native {
+                watchdog: Arc::clone(watchdog),
+            },
+        )?;
+        watchdog.set_exceptions(
+            host.getattr("ImportTimeout")?.unbind(),
+            host.getattr("CallTimeout")?.unbind(),
+        );
         host.call_method1("setup", (native, dirs, extra_paths.to_vec()))?;
         Ok(())
     };

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::convert::{to_py, write_json};
 use super::request::{PyRequest, RequestInfo};
+use super::watchdog::Watchdog;
 use super::{
     host_module, CallFailure, CallResult, LoadRequest, Loaded, ModuleHandle, Outcome, Report,
 };
@@ -49,17 +50,17 @@ thread_local! {
     static CURRENT_MODULE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Starts `count` Python threads sharing one job queue.
 /// Starts `count` Python threads. Calls wait in a queue of at most `max_queued` (a full queue
 /// is the caller's 503); loads have their own unbounded queue and are taken first.
-pub fn spawn(count: usize, max_queued: usize) -> Queues {
+pub fn spawn(count: usize, max_queued: usize, watchdog: &Arc<Watchdog>) -> Queues {
     let (calls, call_rx) = crossbeam_channel::bounded::<Job>(max_queued);
     let (loads, load_rx) = crossbeam_channel::unbounded::<Job>();
     for i in 0..count {
         let (call_rx, load_rx) = (call_rx.clone(), load_rx.clone());
+        let watchdog = Arc::clone(watchdog);
         let spawned = std::thread::Builder::new()
             .name(format!("dpms-py-{i}"))
-            .spawn(move || thread_main(call_rx, load_rx));
+            .spawn(move || thread_main(call_rx, load_rx, watchdog));
         if let Err(e) = spawned {
             tracing::error!(cause = %e, "cannot start a Python thread");
         }
@@ -73,7 +74,11 @@ pub struct Queues {
     pub loads: crossbeam_channel::Sender<Job>,
 }
 
-fn thread_main(calls: crossbeam_channel::Receiver<Job>, loads: crossbeam_channel::Receiver<Job>) {
+fn thread_main(
+    calls: crossbeam_channel::Receiver<Job>,
+    loads: crossbeam_channel::Receiver<Job>,
+    watchdog: Arc<Watchdog>,
+) {
     Python::attach(|py| loop {
         let next = py.detach(|| {
             if let Ok(job) = loads.try_recv() {
@@ -97,8 +102,9 @@ fn thread_main(calls: crossbeam_channel::Receiver<Job>, loads: crossbeam_channel
                 requests,
                 reply,
             } => {
-                let _ =
-                    reply.send(run_load(py, files, forget, requests).map_err(|e| e.to_string()));
+                let _ = reply.send(
+                    run_load(py, files, forget, requests, &watchdog).map_err(|e| e.to_string()),
+                );
             }
         }));
         if outcome.is_err() {
@@ -347,10 +353,22 @@ impl Completion {
 
 /// Rust functions the helper calls back.
 #[pyclass(frozen)]
-pub struct Native;
+pub struct Native {
+    pub watchdog: Arc<Watchdog>,
+}
 
 #[pymethods]
 impl Native {
+    /// A plugin module starts executing on this thread (see [`Watchdog::import_started`]).
+    fn import_started(&self, name: &str, source: &[u8]) {
+        self.watchdog.import_started(name, source);
+    }
+
+    /// The innermost plugin module executing on this thread finished.
+    fn import_finished(&self) {
+        self.watchdog.import_finished();
+    }
+
     /// One line a plugin printed, into the server log, tagged with the module running it.
     fn log(&self, stream: &str, line: &str) {
         CURRENT_MODULE.with(|m| {
@@ -370,6 +388,7 @@ fn run_load(
     files: Option<Vec<(String, String)>>,
     forget: Vec<String>,
     requests: Vec<LoadRequest>,
+    watchdog: &Watchdog,
 ) -> PyResult<Vec<Loaded>> {
     let host = host_module(py)?;
     if let Some(files) = files {
@@ -382,9 +401,16 @@ fn run_load(
     for name in forget {
         host.call_method1(intern!(py, "forget"), (name,))?;
     }
+    // A quarantined file is not imported: its slot gets the verdict as its import error.
+    let verdicts: Vec<Option<String>> = requests
+        .iter()
+        .map(|r| watchdog.quarantined(&r.source))
+        .collect();
     let batch = requests
         .iter()
-        .map(|r| {
+        .zip(&verdicts)
+        .filter(|(_, v)| v.is_none())
+        .map(|(r, _)| {
             (
                 r.name.as_str(),
                 r.path.as_str(),
@@ -392,11 +418,23 @@ fn run_load(
             )
         })
         .collect::<Vec<_>>();
-    let names: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
     let results = host.call_method1(intern!(py, "load_batch"), (batch,))?;
-    let mut loaded = Vec::with_capacity(names.len());
-    for (item, name) in results.try_iter()?.zip(names) {
-        let (json, funcs, module): (String, Vec<Py<PyAny>>, Py<PyAny>) = item?.extract()?;
+    let mut imported = results.try_iter()?;
+    let mut loaded = Vec::with_capacity(requests.len());
+    for (request, verdict) in requests.iter().zip(verdicts) {
+        if let Some(error) = verdict {
+            tracing::warn!(module = %request.name, "{error}");
+            loaded.push(Loaded::ImportError {
+                error,
+                traceback: String::new(),
+            });
+            continue;
+        }
+        let name = &request.name;
+        let item = imported.next().ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!("no load result for `{name}`"))
+        })??;
+        let (json, funcs, module): (String, Vec<Py<PyAny>>, Py<PyAny>) = item.extract()?;
         let report: Report = serde_json::from_str(&json).map_err(|e| {
             pyo3::exceptions::PyValueError::new_err(format!("bad description of `{name}`: {e}"))
         })?;

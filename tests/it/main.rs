@@ -7,5 +7,6 @@ mod config;
 mod faults;
 mod hotplug;
 mod limits;
+mod stuck;
 mod support;
 mod workers;

@@ -1,0 +1,466 @@
+//! The worker's watchdog: one plain Rust thread that never waits for the GIL, enforcing the
+//! deadlines a Python thread cannot enforce on itself.
+//!
+//! - An import running past `DPMS_LOAD_SECS` gets an `ImportTimeout` raised inside it; the
+//!   import fails like any other (reported in `__dir__`) and the rest of the batch loads.
+//! - A call running past `MAX_FUNCTION_SECS` gets a `CallTimeout` raised inside it (the client
+//!   has its 504 already, or gets it when an inline call returns).
+//! - Code that does not return [`GRACE`] after that (a long C call, a loop in a C extension)
+//!   cannot be reached from Python: the worker is *retired* — the supervisor starts its
+//!   replacement at once, this worker stops accepting, finishes what it can within
+//!   `DPMS_SHUTDOWN_SECS`, and exits. An import stuck that way is quarantined first, so the
+//!   replacement does not import it again.
+//!
+//! The quarantine is a folder the workers of one supervisor share. Before each plugin import a
+//! worker writes `loading-<index>` (the file's fingerprint and name) and empties it after; a
+//! worker that finds its predecessor's marker non-empty at start knows that import killed the
+//! process (a segfault, `os._exit`) and appends it to `quarantine`. A file that crashed a
+//! worker twice, or hung once, is not imported again until its content changes.
+
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+/// How long code that was sent a timeout exception may take to stop before the worker retires.
+pub const GRACE: Duration = Duration::from_secs(1);
+/// How often the watchdog looks.
+const TICK: Duration = Duration::from_millis(50);
+/// Crashes at import after which a file is quarantined.
+const CRASHES_TO_QUARANTINE: usize = 2;
+
+/// What the worker does when the watchdog gives up on it (see [`Watchdog::on_retire`]).
+pub type RetireHook = Box<dyn FnOnce(String) + Send>;
+
+/// One import in progress (imports nest when a plugin imports a sibling).
+struct Import {
+    name: String,
+    fingerprint: u64,
+    thread: i64,
+    started: Instant,
+    interrupted: Option<Instant>,
+    id: u64,
+}
+
+/// A pool call whose client got its 504; `running` is its thread while it still runs.
+struct Abandoned {
+    running: Arc<AtomicI64>,
+    thread: i64,
+    since: Instant,
+    interrupted: bool,
+}
+
+/// Shared between the Python threads, the I/O thread and the watchdog thread.
+pub struct Watchdog {
+    load_time: Duration,
+    call_time: Duration,
+    base: Instant,
+    imports: Mutex<Vec<Import>>,
+    next_import: AtomicU64,
+    abandoned: Mutex<Vec<Abandoned>>,
+    /// The I/O thread's Python thread id, and the inline call it runs: nanoseconds since
+    /// `base` at its start plus one (0: none) and its sequence number. Both change only with
+    /// the GIL held.
+    io_thread: AtomicI64,
+    inline_since: AtomicU64,
+    inline_seq: AtomicU64,
+    /// `(ImportTimeout, CallTimeout)` from the helper.
+    exceptions: OnceLock<(Py<PyAny>, Py<PyAny>)>,
+    retire: Mutex<Option<RetireHook>>,
+    retiring: AtomicBool,
+    quarantine: Option<Quarantine>,
+}
+
+impl Watchdog {
+    /// Creates the watchdog and starts its thread. `state` is the supervisor's shared folder
+    /// and this worker's index (none in `--single-process`).
+    pub fn start(
+        load_time: Duration,
+        call_time: Duration,
+        state: Option<(&Path, usize)>,
+    ) -> Arc<Watchdog> {
+        let quarantine = state.and_then(|(dir, index)| Quarantine::open(dir, index));
+        let dog = Arc::new(Watchdog {
+            load_time,
+            call_time,
+            base: Instant::now(),
+            imports: Mutex::new(Vec::new()),
+            next_import: AtomicU64::new(1),
+            abandoned: Mutex::new(Vec::new()),
+            io_thread: AtomicI64::new(0),
+            inline_since: AtomicU64::new(0),
+            inline_seq: AtomicU64::new(0),
+            exceptions: OnceLock::new(),
+            retire: Mutex::new(None),
+            retiring: AtomicBool::new(false),
+            quarantine,
+        });
+        let weak = Arc::downgrade(&dog);
+        let spawned = std::thread::Builder::new()
+            .name("dpms-watchdog".into())
+            .spawn(move || {
+                while let Some(dog) = weak.upgrade() {
+                    dog.tick();
+                    drop(dog);
+                    std::thread::sleep(TICK);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(cause = %e, "cannot start the watchdog thread; deadlines on stuck code are not enforced");
+        }
+        dog
+    }
+
+    /// The exception types raised into code past its deadline.
+    pub fn set_exceptions(&self, import_timeout: Py<PyAny>, call_timeout: Py<PyAny>) {
+        let _ = self.exceptions.set((import_timeout, call_timeout));
+    }
+
+    /// What to do when the worker must be replaced (without it, the watchdog only logs).
+    pub fn on_retire(&self, hook: RetireHook) {
+        if let Ok(mut slot) = self.retire.lock() {
+            *slot = Some(hook);
+        }
+    }
+
+    /// Records this thread as the I/O thread (call with the GIL held, once).
+    pub fn set_io_thread(&self) {
+        self.io_thread.store(current_thread(), Ordering::Release);
+    }
+
+    /// Marks the start of an inline call on the I/O thread (GIL held).
+    pub fn inline_started(&self) {
+        let since = self.base.elapsed().as_nanos() as u64 + 1;
+        self.inline_seq.fetch_add(1, Ordering::AcqRel);
+        self.inline_since.store(since, Ordering::Release);
+    }
+
+    /// Marks the end of the inline call (GIL held).
+    pub fn inline_finished(&self) {
+        self.inline_since.store(0, Ordering::Release);
+    }
+
+    /// Hands a pool call that passed its deadline to the watchdog, which interrupts it (never
+    /// the caller: taking the GIL could block the I/O thread behind code stuck in C).
+    pub fn abandon(&self, running: Arc<AtomicI64>) {
+        let thread = running.load(Ordering::Acquire);
+        if thread == 0 {
+            return;
+        }
+        if let Ok(mut list) = self.abandoned.lock() {
+            list.push(Abandoned {
+                running,
+                thread,
+                since: Instant::now(),
+                interrupted: false,
+            });
+        }
+    }
+
+    /// A plugin module starts executing on this thread (GIL held).
+    pub fn import_started(&self, name: &str, source: &[u8]) {
+        let fingerprint = fingerprint(source);
+        if let Some(q) = &self.quarantine {
+            q.mark(fingerprint, name);
+        }
+        if let Ok(mut imports) = self.imports.lock() {
+            imports.push(Import {
+                name: name.to_string(),
+                fingerprint,
+                thread: current_thread(),
+                started: Instant::now(),
+                interrupted: None,
+                id: self.next_import.fetch_add(1, Ordering::Relaxed),
+            });
+        }
+    }
+
+    /// The innermost import on this thread ended, well or not (GIL held).
+    pub fn import_finished(&self) {
+        let Ok(mut imports) = self.imports.lock() else {
+            return;
+        };
+        let me = current_thread();
+        if let Some(i) = imports.iter().rposition(|x| x.thread == me) {
+            imports.remove(i);
+        }
+        if let Some(q) = &self.quarantine {
+            match imports.last() {
+                Some(other) => q.mark(other.fingerprint, &other.name),
+                None => q.clear(),
+            }
+        }
+    }
+
+    /// Why `source` must not be imported, if it is quarantined.
+    pub fn quarantined(&self, source: &[u8]) -> Option<String> {
+        self.quarantine
+            .as_ref()
+            .and_then(|q| q.verdict(fingerprint(source)))
+    }
+
+    fn tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        self.check_import(now);
+        self.check_abandoned(now);
+        self.check_inline(now);
+    }
+
+    /// Looks at the innermost import of each thread (imports nest when a plugin imports a
+    /// sibling; a call may import one while a batch loads).
+    fn check_import(self: &Arc<Self>, now: Instant) {
+        let mut stuck = None;
+        let mut interrupts = Vec::new();
+        if let Ok(mut imports) = self.imports.lock() {
+            let count = imports.len();
+            for i in 0..count {
+                if imports[i + 1..]
+                    .iter()
+                    .any(|x| x.thread == imports[i].thread)
+                {
+                    continue;
+                }
+                let top = &mut imports[i];
+                match top.interrupted {
+                    None if now.duration_since(top.started) > self.load_time => {
+                        top.interrupted = Some(now);
+                        interrupts.push((top.thread, top.id));
+                        tracing::warn!(module = %top.name, secs = self.load_time.as_secs_f64(), "import past DPMS_LOAD_SECS; stopping it");
+                    }
+                    Some(at) if now.duration_since(at) > GRACE => {
+                        stuck = Some((top.name.clone(), top.fingerprint));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (thread, id) in interrupts {
+            self.raise_in(thread, true, move |dog| {
+                dog.imports.lock().is_ok_and(|i| {
+                    i.iter()
+                        .rev()
+                        .find(|x| x.thread == thread)
+                        .is_some_and(|t| t.id == id)
+                })
+            });
+        }
+        if let Some((name, fingerprint)) = stuck {
+            if let Some(q) = &self.quarantine {
+                q.record("hang", fingerprint, &name);
+            }
+            self.retire(format!(
+                "importing `{name}` did not stop after DPMS_LOAD_SECS; it is quarantined"
+            ));
+        }
+    }
+
+    fn check_abandoned(self: &Arc<Self>, now: Instant) {
+        let mut stuck = false;
+        let mut interrupts = Vec::new();
+        if let Ok(mut list) = self.abandoned.lock() {
+            list.retain(|a| a.running.load(Ordering::Acquire) == a.thread);
+            for a in list.iter_mut() {
+                if !a.interrupted {
+                    a.interrupted = true;
+                    interrupts.push((a.thread, Arc::clone(&a.running)));
+                } else if now.duration_since(a.since) > GRACE {
+                    stuck = true;
+                }
+            }
+        }
+        for (thread, running) in interrupts {
+            self.raise_in(thread, false, move |_| {
+                running.load(Ordering::Acquire) == thread
+            });
+        }
+        if stuck {
+            self.retire("a call past MAX_FUNCTION_SECS did not stop (stuck in C code)".into());
+        }
+    }
+
+    fn check_inline(self: &Arc<Self>, now: Instant) {
+        let since = self.inline_since.load(Ordering::Acquire);
+        if since == 0 {
+            return;
+        }
+        let started = self.base + Duration::from_nanos(since - 1);
+        let running = now.saturating_duration_since(started);
+        if running <= self.call_time {
+            return;
+        }
+        let seq = self.inline_seq.load(Ordering::Acquire);
+        if running <= self.call_time + TICK * 2 {
+            let thread = self.io_thread.load(Ordering::Acquire);
+            self.raise_in(thread, false, move |dog| {
+                dog.inline_seq.load(Ordering::Acquire) == seq
+                    && dog.inline_since.load(Ordering::Acquire) == since
+            });
+        } else if running > self.call_time + GRACE {
+            self.retire(
+                "an inline call past MAX_FUNCTION_SECS did not stop (stuck in C code)".into(),
+            );
+        }
+    }
+
+    /// Raises a timeout exception in `thread` if `still` holds once the GIL is taken. Runs on
+    /// a short-lived thread: if the GIL never comes back, only that thread waits.
+    fn raise_in(
+        self: &Arc<Self>,
+        thread: i64,
+        import: bool,
+        still: impl FnOnce(&Watchdog) -> bool + Send + 'static,
+    ) {
+        if thread == 0 {
+            return;
+        }
+        let dog = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("dpms-interrupt".into())
+            .spawn(move || {
+                Python::attach(|_py| {
+                    let Some((import_exc, call_exc)) = dog.exceptions.get() else {
+                        return;
+                    };
+                    if still(&dog) {
+                        let exc = if import { import_exc } else { call_exc };
+                        // SAFETY: the GIL is held, `exc` is a live exception type, and `still`
+                        // checked (under the GIL, which the target changes its state under)
+                        // that `thread` is still running the code to stop.
+                        unsafe {
+                            pyo3::ffi::PyThreadState_SetAsyncExc(
+                                thread as std::os::raw::c_long,
+                                exc.as_ptr(),
+                            );
+                        }
+                    }
+                })
+            });
+        if let Err(e) = spawned {
+            tracing::error!(cause = %e, "cannot start an interrupt thread");
+        }
+    }
+
+    fn retire(&self, reason: String) {
+        if self.retiring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(reason = %reason, "retiring this worker: its replacement starts now");
+        let hook = self.retire.lock().ok().and_then(|mut h| h.take());
+        match hook {
+            Some(hook) => hook(reason),
+            None => tracing::error!(
+                "nothing can replace this process (--single-process): the stuck code keeps its thread"
+            ),
+        }
+    }
+}
+
+/// CPython's id of the calling thread (`threading.get_ident()`).
+fn current_thread() -> i64 {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as i64 }
+}
+
+/// A fingerprint of a plugin's source: the same bytes give the same value in every worker of
+/// one binary.
+fn fingerprint(source: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    source.hash(&mut h);
+    h.finish()
+}
+
+/// The quarantine files in the supervisor's shared folder (see the module docs).
+struct Quarantine {
+    marker: Mutex<File>,
+    list: PathBuf,
+}
+
+impl Quarantine {
+    /// Opens this worker's marker; a predecessor's leftover marker is recorded as a crash.
+    fn open(dir: &Path, index: usize) -> Option<Quarantine> {
+        let marker_path = dir.join(format!("loading-{index}"));
+        let list = dir.join("quarantine");
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&marker_path);
+        let marker = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %marker_path.display(), cause = %e, "no import quarantine");
+                return None;
+            }
+        };
+        let q = Quarantine {
+            marker: Mutex::new(marker),
+            list,
+        };
+        let left = std::fs::read_to_string(&marker_path).unwrap_or_default();
+        if let Some((fp, name)) = left.trim_end().split_once('\t') {
+            if let Ok(fp) = u64::from_str_radix(fp, 16) {
+                tracing::error!(module = %name, "the previous worker died while importing this file");
+                q.record("crash", fp, name);
+            }
+        }
+        q.clear();
+        Some(q)
+    }
+
+    fn mark(&self, fingerprint: u64, name: &str) {
+        if let Ok(f) = self.marker.lock() {
+            let line = format!("{fingerprint:016x}\t{name}\n");
+            let _ = f
+                .set_len(0)
+                .and_then(|()| f.write_all_at(line.as_bytes(), 0));
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(f) = self.marker.lock() {
+            let _ = f.set_len(0);
+        }
+    }
+
+    /// Appends one event; lines under `PIPE_BUF` appended with `O_APPEND` never interleave.
+    fn record(&self, kind: &str, fingerprint: u64, name: &str) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.list)
+            .and_then(|mut f| {
+                f.write_all(format!("{kind}\t{fingerprint:016x}\t{name}\n").as_bytes())
+            });
+        if let Err(e) = appended {
+            tracing::error!(path = %self.list.display(), cause = %e, "cannot record a quarantined import");
+        }
+    }
+
+    fn verdict(&self, fingerprint: u64) -> Option<String> {
+        let text = std::fs::read_to_string(&self.list).ok()?;
+        let fp = format!("{fingerprint:016x}");
+        let (mut crashes, mut hangs) = (0, 0);
+        for line in text.lines() {
+            let mut parts = line.split('\t');
+            match (parts.next(), parts.next()) {
+                (Some("crash"), Some(f)) if f == fp => crashes += 1,
+                (Some("hang"), Some(f)) if f == fp => hangs += 1,
+                _ => {}
+            }
+        }
+        if hangs > 0 {
+            Some("quarantined: importing this file did not finish within DPMS_LOAD_SECS and could not be stopped; change the file to retry".into())
+        } else if crashes >= CRASHES_TO_QUARANTINE {
+            Some(format!("quarantined: importing this file killed the worker process {crashes} times; change the file to retry"))
+        } else {
+            None
+        }
+    }
+}
