@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds dpms, runs `cargo test` (unit tests and the integration tests, which start their own
-# servers), then starts one server on a free loopback port with the sample plugins plus a
-# temporary plugin folder and runs the pytest suite against it. The server is always stopped.
+# servers) and a short bounded fuzz run (fuzz/run.sh), then starts one server on a free
+# loopback port with the sample plugins plus a temporary plugin folder and runs the pytest
+# suite against it. The server is always stopped.
 # Exits non-zero on any failure. Extra arguments go to pytest (e.g. `-k marshal -x`).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,6 +11,11 @@ ROOT=$(pwd)
 ./makevenv.sh
 cargo build --locked
 cargo test --locked
+# Every fuzz target for 15 s on the checked-in corpus (installs cargo-fuzz into fuzz/.tools and
+# builds into fuzz/target the first time: about 3 min from scratch). Longer: fuzz/run.sh 600.
+fuzz/run.sh 15
+# The seed corpus and the reproducers of fixed crashes (fuzz/regressions), replayed on stable.
+cargo test --locked --manifest-path fuzz/Cargo.toml
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/dpms-tests.XXXXXX")
 SERVER_PID=""
