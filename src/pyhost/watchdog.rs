@@ -70,6 +70,8 @@ pub struct Watchdog {
     io_thread: AtomicI64,
     inline_since: AtomicU64,
     inline_seq: AtomicU64,
+    /// The sequence number of the last inline call the watchdog interrupted.
+    inline_interrupted: AtomicU64,
     /// `(ImportTimeout, CallTimeout)` from the helper.
     exceptions: OnceLock<(Py<PyAny>, Py<PyAny>)>,
     retire: Mutex<Option<RetireHook>>,
@@ -96,6 +98,7 @@ impl Watchdog {
             io_thread: AtomicI64::new(0),
             inline_since: AtomicU64::new(0),
             inline_seq: AtomicU64::new(0),
+            inline_interrupted: AtomicU64::new(0),
             exceptions: OnceLock::new(),
             retire: Mutex::new(None),
             retiring: AtomicBool::new(false),
@@ -295,7 +298,8 @@ impl Watchdog {
             return;
         }
         let seq = self.inline_seq.load(Ordering::Acquire);
-        if running <= self.call_time + TICK * 2 {
+        // Interrupted once per call, like imports and pool calls, however late the tick.
+        if self.inline_interrupted.swap(seq, Ordering::AcqRel) != seq {
             let thread = self.io_thread.load(Ordering::Acquire);
             self.raise_in(thread, false, move |dog| {
                 dog.inline_seq.load(Ordering::Acquire) == seq

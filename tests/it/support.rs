@@ -166,13 +166,7 @@ impl TestServer {
 
     /// A GET on a new connection (`Connection: close`), so the kernel may hand it to any worker.
     pub fn get_fresh(&self, path: &str) -> Reply {
-        let request = ureq::http::Request::builder()
-            .method("GET")
-            .uri(format!("{}{}", self.base, path))
-            .header("connection", "close")
-            .body(Vec::new())
-            .expect("request");
-        self.send(request)
+        self.try_get(path).expect("HTTP request")
     }
 
     /// The supervisor's process id.
@@ -195,7 +189,7 @@ impl TestServer {
         None
     }
 
-    /// A GET on a new connection that may fail (the worker serving it may die): `None` then.
+    /// [`Self::get_fresh`] where the request may fail (the worker serving it may die): `None` then.
     pub fn try_get(&self, path: &str) -> Option<Reply> {
         let request = ureq::http::Request::builder()
             .method("GET")
