@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 use dpms::config::{Config, Overrides, Sources};
 use dpms::supervisor::{self, Plan, WorkerEnv};
 
+/// mimalloc for Rust's allocations (Python keeps its own allocator): see `Cargo.toml`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "dpms",

@@ -258,6 +258,9 @@ struct InheritedFds {
     ready: RawFd,
 }
 
+/// mimalloc's setting for how much address space it reserves at a time.
+const MIMALLOC_ARENA_RESERVE: &str = "MIMALLOC_ARENA_RESERVE";
+
 fn spawn(
     exe: &std::path::Path,
     args: &[String],
@@ -277,6 +280,11 @@ fn spawn(
         .stdin(Stdio::null())
         // Only the supervisor writes to stdout (the `listening on` line).
         .stdout(Stdio::from(stderr));
+    // mimalloc reserves address space 1 GiB at a time by default, which `DPMS_WORKER_MEMORY`
+    // (RLIMIT_AS) counts in full: a worker's Rust heap is a few MiB, so reserve in smaller steps.
+    if std::env::var_os(MIMALLOC_ARENA_RESERVE).is_none() {
+        cmd.env(MIMALLOC_ARENA_RESERVE, "64M");
+    }
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe calls (prctl, getppid, fcntl, _exit).
     unsafe {
