@@ -180,7 +180,9 @@ pub struct Config {
     /// Check freshness with an inotify queue (`true`) or with `stat` only.
     pub watch_inotify: bool,
     /// `url_parm_names[i]` names the (i+1)-th URL parameter; its length is `NUM_URL_PARMS`.
-    pub url_parm_names: Vec<String>,
+    /// Leaked once per process (a few bytes each) so every call's kwargs borrow the names
+    /// instead of copying them.
+    pub url_parm_names: Vec<&'static str>,
     pub max_body: usize,
     pub max_uri: usize,
     pub max_headers: usize,
@@ -443,8 +445,10 @@ impl Sources {
         let num_url_parms = self.count("NUM_URL_PARMS", 10, 0..=1000)?;
         let url_parm_names = (1..=num_url_parms)
             .map(|n| {
-                self.get(&format!("URL_PARM{n}"))
-                    .unwrap_or_else(|| format!("parm_{n}"))
+                let name = self
+                    .get(&format!("URL_PARM{n}"))
+                    .unwrap_or_else(|| format!("parm_{n}"));
+                &*Box::leak(name.into_boxed_str())
             })
             .collect();
 
@@ -656,7 +660,7 @@ mod tests {
         let c = c.as_ref().map_err(String::as_str);
         assert_eq!(
             c.map(|c| c.url_parm_names.clone()),
-            Ok(vec!["parm_1".into(), "parm_2".into()])
+            Ok(vec!["parm_1", "parm_2"])
         );
         assert_eq!(c.map(|c| c.debug), Ok(true));
     }
@@ -698,13 +702,7 @@ mod tests {
                 .map(|c| (c.url_parm_names, c.multi_tenant))
                 .ok()
         });
-        assert_eq!(
-            c,
-            Ok(Some((
-                vec!["p1".into(), "parm_2".into(), "parm_3".into()],
-                true
-            )))
-        );
+        assert_eq!(c, Ok(Some((vec!["p1", "parm_2", "parm_3"], true))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

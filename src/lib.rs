@@ -93,6 +93,8 @@ pub fn run(
             io_host.with_thread_state(move || -> Result<(), std::io::Error> {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    // Out of work: hand the access lines gathered so far to the log writer.
+                    .on_thread_park(telemetry::flush_access)
                     .build()?;
                 runtime.block_on(async move {
                     listener.set_nonblocking(true)?;

@@ -3,6 +3,8 @@
 //! 400 before any plugin runs. No Python here: the result is [`CallArgs`], which `pyhost`
 //! converts on the Python thread.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -305,11 +307,15 @@ impl Signature {
     }
 }
 
+/// A kwargs name: the server's own names (reserved keys, `URL_PARMn`) are borrowed for every
+/// call, names a client sent are owned.
+pub type Key = Cow<'static, str>;
+
 /// Everything one call passes to the plugin function, bound to its signature.
 #[derive(Debug, Default)]
 pub struct CallArgs {
     pub args: Vec<Value>,
-    pub kwargs: Vec<(String, Value)>,
+    pub kwargs: Vec<(Key, Value)>,
     /// Whether `__request__` is passed (always with `**kwargs`, else only if named).
     pub pass_request: bool,
 }
@@ -320,7 +326,7 @@ pub fn bind(
     func: &str,
     sig: &Signature,
     args: Vec<Value>,
-    kwargs: Vec<(String, Value)>,
+    kwargs: Vec<(Key, Value)>,
 ) -> Result<CallArgs, ApiError> {
     let positional: Vec<&Param> = sig.positional().collect();
     if !sig.var_positional && args.len() > positional.len() {
@@ -331,10 +337,14 @@ pub fn bind(
             args.len()
         )));
     }
-    let kwargs: Vec<(String, Value)> = kwargs
-        .into_iter()
-        .filter(|(k, _)| sig.accepts_keyword(k))
-        .collect();
+    let kwargs: Vec<(Key, Value)> = if sig.var_keyword {
+        kwargs
+    } else {
+        kwargs
+            .into_iter()
+            .filter(|(k, _)| sig.accepts_keyword(k))
+            .collect()
+    };
     for p in positional.iter().take(args.len()) {
         // `__request__` is always passed by keyword when the function names it.
         let clash = p.kind == ParamKind::PositionalOrKeyword
@@ -397,17 +407,21 @@ pub struct Target<'a> {
     pub func: &'a str,
     pub sig: &'a Signature,
     /// `URL_PARM1..n`: one name per allowed URL parameter.
-    pub url_parm_names: &'a [String],
+    pub url_parm_names: &'a [&'static str],
 }
 
 /// A request marshalled into a call, plus what `__request__` shows of it.
 #[derive(Debug)]
 pub struct Marshalled {
     pub call: CallArgs,
-    pub query: Vec<(String, String)>,
     /// The parsed JSON body, when the body was JSON.
     pub json: Option<Value>,
 }
+
+/// The kwargs being assembled: insertion order, a later source replacing an earlier one's value
+/// in place (SPEC §5). Sized for a typical call up front; hashed with foldhash, as the keys are
+/// hashed once per request.
+type KwargsMap = indexmap::IndexMap<Key, Value, foldhash::fast::RandomState>;
 
 /// Builds the call for one request (SPEC §5): kwargs from body < query < URL parameters <
 /// reserved keys, renamed by `__map__`, then bound to the signature. Every problem is a 4xx.
@@ -432,35 +446,37 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
     let body = body_parts(parsed)?;
     let query = parse_pairs(req.query, "query string")?;
 
-    let mut kwargs: Map<String, Value> = Map::new();
+    let mut kwargs = KwargsMap::with_capacity_and_hasher(
+        body.kwargs.len() + query.len() + req.params.len() + 4,
+        foldhash::fast::RandomState::default(),
+    );
     let not_reserved = |k: &String| !RESERVED.contains(&k.as_str());
     for (k, v) in body.kwargs.into_iter().filter(|(k, _)| not_reserved(k)) {
-        kwargs.insert(k, v);
+        kwargs.insert(Cow::Owned(k), v);
     }
-    for (k, v) in query.iter().filter(|(k, _)| not_reserved(k)) {
-        kwargs.insert(k.clone(), Value::String(v.clone()));
+    for (k, v) in query.into_iter().filter(|(k, _)| not_reserved(k)) {
+        kwargs.insert(Cow::Owned(k), Value::String(v));
     }
-    for (name, value) in target.url_parm_names.iter().zip(req.params) {
-        let renamed = body
-            .rename
-            .iter()
-            .find(|(from, _)| from == name)
-            .map_or(name, |(_, to)| to);
-        // A rename onto a reserved name is dropped: the client cannot supply those.
-        if RESERVED.contains(&renamed.as_str()) {
-            continue;
-        }
-        kwargs.insert(renamed.clone(), Value::String(value.clone()));
+    for (&name, value) in target.url_parm_names.iter().zip(req.params) {
+        let renamed = body.rename.iter().find(|(from, _)| from == name);
+        let key = match renamed {
+            // A rename onto a reserved name is dropped: the client cannot supply those.
+            Some((_, to)) if RESERVED.contains(&to.as_str()) => continue,
+            Some((_, to)) => Cow::Owned(to.clone()),
+            None if RESERVED.contains(&name) => continue,
+            None => Cow::Borrowed(name),
+        };
+        kwargs.insert(key, Value::String(value.clone()));
     }
-    kwargs.insert("func".into(), Value::String(target.api.to_string()));
+    kwargs.insert(Cow::Borrowed("func"), Value::String(target.api.to_string()));
     if let Some(m) = req.module {
-        kwargs.insert("module".into(), Value::String(m.to_string()));
+        kwargs.insert(Cow::Borrowed("module"), Value::String(m.to_string()));
     }
     if let Some(u) = req.uuid {
-        kwargs.insert("uuid".into(), Value::String(u.to_string()));
+        kwargs.insert(Cow::Borrowed("uuid"), Value::String(u.to_string()));
     }
     if let Some(sent) = body.as_sent {
-        kwargs.insert("__body__".into(), sent);
+        kwargs.insert(Cow::Borrowed("__body__"), sent);
     }
     let call = bind(
         target.func,
@@ -468,5 +484,5 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
         body.args,
         kwargs.into_iter().collect(),
     )?;
-    Ok(Marshalled { call, query, json })
+    Ok(Marshalled { call, json })
 }

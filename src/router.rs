@@ -148,6 +148,8 @@ pub struct Endpoint {
     pub meta: Value,
     /// `{"status":"OK","response":{"<module>.<func>":` — the success envelope up to the result.
     pub envelope_prefix: Bytes,
+    /// `<module>.<func>`, as the access log names the endpoint.
+    pub label: Arc<str>,
     /// Index of the function object in the module's [`ModuleHandle`].
     pub index: usize,
     /// Where calls run (inline or on the pool), learnt from call times.

@@ -12,7 +12,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
-use tracing::Instrument;
 
 use crate::config::{Config, ReloadMode};
 use crate::error::ApiError;
@@ -21,6 +20,7 @@ use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
 use crate::response::{self, Body as RespBody};
 use crate::router::{is_uuid_segment, Located, Method, MethodSet, Selected};
+use crate::telemetry;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVICES_PREFIX: &str = "/rest/services";
@@ -34,6 +34,9 @@ pub struct App {
     pub host: Arc<PyHost>,
     /// This worker's index, as sent in `X-Dpms-Worker`.
     worker: HeaderValue,
+    worker_index: usize,
+    /// Whether access lines pass the log filter (fixed at start-up).
+    access_log: bool,
 }
 
 impl App {
@@ -48,6 +51,8 @@ impl App {
             registry,
             host,
             worker: HeaderValue::from(worker),
+            worker_index: worker,
+            access_log: telemetry::access_enabled(),
         }
     }
 }
@@ -67,49 +72,59 @@ pub async fn handle(
     remote: SocketAddr,
 ) -> Response<RespBody> {
     let started = Instant::now();
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
+    let request_id = uuid::Uuid::new_v4();
+    // Both are cheap clones (a standard method is a tag, a URI shares its bytes), kept for the
+    // access line after the request itself has been consumed.
+    let method = req.method().clone();
+    let uri = req.uri().clone();
     // Error answers and OPTIONS may come before the body was read; hyper then cannot reuse
     // the connection and closes it: say so, so clients do not send the next request into it.
     let sent_body = !hyper::body::Body::is_end_stream(req.body());
-    let span = tracing::info_span!("request", id = %request_id);
-    let (mut resp, endpoint) = async {
-        match route(&app, req, remote).await {
-            Ok(done) => done,
-            Err((err, endpoint)) => {
-                if let ApiError::Internal(detail) = &err {
-                    tracing::error!(detail = %detail, "internal error");
-                }
-                (response::error(&err), endpoint)
+    let (mut resp, endpoint) = match route(&app, req, remote, &request_id).await {
+        Ok(done) => done,
+        Err((err, endpoint)) => {
+            if let ApiError::Internal(detail) = &err {
+                tracing::error!(id = %request_id, detail = %detail, "internal error");
             }
+            (response::error(&err), endpoint)
         }
+    };
+    let mut id_text = uuid::Uuid::encode_buffer();
+    let id_text = request_id.hyphenated().encode_lower(&mut id_text);
+    if let Ok(v) = HeaderValue::from_str(id_text) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
-    .instrument(span)
-    .await;
-    response::set_header(&mut resp, X_REQUEST_ID, &request_id);
     resp.headers_mut().insert(X_DPMS_WORKER, app.worker.clone());
     if sent_body && (resp.status().is_client_error() || resp.status() == StatusCode::NO_CONTENT) {
         resp.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    tracing::info!(
-        target: "dpms::access",
-        method = %method,
-        path = %path,
-        status = resp.status().as_u16(),
-        endpoint = endpoint.as_deref().unwrap_or("-"),
-        worker = app.worker.to_str().unwrap_or("-"),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        id = %request_id,
-    );
+    if app.access_log {
+        telemetry::access(&telemetry::Access {
+            method: method.as_str(),
+            path: uri.path(),
+            status: resp.status().as_u16(),
+            endpoint: endpoint.as_deref().unwrap_or("-"),
+            worker: app.worker_index,
+            remote,
+            elapsed: started.elapsed(),
+            id: &request_id,
+        });
+    }
     resp
 }
 
-type Routed = (Response<RespBody>, Option<String>);
-type Failed = (ApiError, Option<String>);
+/// What the access log calls the endpoint a request reached.
+type Label = Option<Arc<str>>;
+type Routed = (Response<RespBody>, Label);
+type Failed = (ApiError, Label);
 
-async fn route(app: &App, req: Request<Incoming>, remote: SocketAddr) -> Result<Routed, Failed> {
+async fn route(
+    app: &App,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    id: &uuid::Uuid,
+) -> Result<Routed, Failed> {
     check_sizes(&app.config, &req).map_err(|e| (e, None))?;
     let verb = match req.method().as_str() {
         "HEAD" => Verb::Head,
@@ -178,27 +193,32 @@ async fn route(app: &App, req: Request<Incoming>, remote: SocketAddr) -> Result<
     let method = match verb {
         Verb::Options => {
             let allow = snap.table.allowed(&api, module_index);
-            return Ok((response::options(&allow.to_string()), Some(api)));
+            return Ok((response::options(&allow.to_string()), Some(api.into())));
         }
         Verb::Head => Method::Get,
         Verb::Call(m) => m,
     };
     let selected = select(app, snap, &segs, &api, method)
         .await
-        .map_err(|e| (e, Some(api.clone())))?;
-    let label = format!("{}.{}", selected.module.name, selected.endpoint().func);
-    call(
+        .map_err(|e| (e, Some(api.as_str().into())))?;
+    let label = Some(Arc::clone(&selected.endpoint().label));
+    let called = call(
         app,
         req,
-        remote,
+        Caller {
+            remote,
+            id: *id,
+            uuid,
+        },
         selected,
         &segs[params_at..],
         module_segment,
-        uuid,
     )
-    .await
-    .map(|resp| (resp, Some(label.clone())))
-    .map_err(|e| (e, Some(label)))
+    .await;
+    match called {
+        Ok(resp) => Ok((resp, label)),
+        Err(e) => Err((e, label)),
+    }
 }
 
 /// 414 and 431 with the JSON error shape (hyper's own limits, set higher, answer with empty
@@ -291,16 +311,23 @@ async fn select(
     pick(&snap)
 }
 
+/// Who is calling: the peer, the request id and the uuid segment of the URL.
+struct Caller {
+    remote: SocketAddr,
+    id: uuid::Uuid,
+    uuid: Option<String>,
+}
+
 /// Reads the body, marshals the call, runs it and writes the response.
 async fn call(
     app: &App,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    caller: Caller,
     selected: Selected,
     params: &[String],
     module_segment: Option<String>,
-    uuid: Option<String>,
 ) -> Result<Response<RespBody>, ApiError> {
+    let Caller { remote, id, uuid } = caller;
     let config = &app.config;
     let endpoint = selected.endpoint();
     if let Some(err) = &selected.module.import_error {
@@ -310,19 +337,22 @@ async fn call(
         });
     }
     let (parts, body) = req.into_parts();
-    let bytes = match tokio::time::timeout(config.body_time, read_body(body, config.max_body)).await
-    {
-        Ok(read) => read?,
-        Err(_) => {
-            return Err(ApiError::RequestTimeout {
-                secs: config.body_time.as_secs_f64(),
-            })
+    // No body (every plain GET): no read, and no timer to arm and cancel.
+    let bytes = if hyper::body::Body::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        match tokio::time::timeout(config.body_time, read_body(body, config.max_body)).await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(ApiError::RequestTimeout {
+                    secs: config.body_time.as_secs_f64(),
+                })
+            }
         }
     };
-    let method = parts.method.as_str().to_string();
     let marshalled = marshal::assemble(
         &RequestParts {
-            method: &method,
+            method: parts.method.as_str(),
             content_type: parts
                 .headers
                 .get(CONTENT_TYPE)
@@ -340,27 +370,18 @@ async fn call(
             url_parm_names: &config.url_parm_names,
         },
     )?;
-    let (args, query, json_body) = (marshalled.call, marshalled.query, marshalled.json);
+    let (args, json_body) = (marshalled.call, marshalled.json);
 
     let info = Arc::new(RequestInfo {
-        method,
-        path: parts.uri.path().to_string(),
-        query,
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
         body: bytes,
         json: json_body,
-        remote_addr: remote.to_string(),
+        remote,
         uuid,
         role: Some("admin"),
+        id,
     });
 
     let dispatch = app
@@ -371,7 +392,7 @@ async fn call(
         Dispatch::Pending(rx, interrupt) => {
             match tokio::time::timeout(config.max_function_time, rx).await {
                 Err(_) => {
-                    tracing::warn!(api = %endpoint.api, "call past MAX_FUNCTION_SECS; interrupting it");
+                    tracing::warn!(id = %id, api = %endpoint.api, "call past MAX_FUNCTION_SECS; interrupting it");
                     interrupt.interrupt();
                     return Err(ApiError::Timeout {
                         api: endpoint.api.clone(),
@@ -411,7 +432,7 @@ async fn call(
             exception,
             traceback,
         }) => {
-            tracing::warn!(api = %endpoint.api, exception = %exception, "plugin raised\n{traceback}");
+            tracing::warn!(id = %id, api = %endpoint.api, exception = %exception, "plugin raised\n{traceback}");
             Err(ApiError::Plugin {
                 api: endpoint.api.clone(),
                 exception,
@@ -419,7 +440,7 @@ async fn call(
             })
         }
         Err(CallFailure::Unserializable(reason)) => {
-            tracing::warn!(api = %endpoint.api, reason = %reason, "unserializable plugin result");
+            tracing::warn!(id = %id, api = %endpoint.api, reason = %reason, "unserializable plugin result");
             Err(ApiError::Unserializable {
                 api: endpoint.api.clone(),
                 reason,

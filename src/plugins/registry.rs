@@ -483,7 +483,8 @@ fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>
             ));
             continue;
         }
-        let key = serde_json::to_string(&format!("{}.{}", file.stem, e.func)).unwrap_or_default();
+        let label: Arc<str> = format!("{}.{}", file.stem, e.func).into();
+        let key = serde_json::to_string(&*label).unwrap_or_default();
         let blocking = e.meta.get("blocking") == Some(&Value::Bool(true));
         let prefix = format!("{{\"status\":\"OK\",\"response\":{{{key}:");
         endpoints.push(Endpoint {
@@ -499,6 +500,7 @@ fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>
                 Value::Null
             },
             envelope_prefix: Bytes::from(prefix),
+            label,
             index: e.index,
             schedule: Arc::new(Schedule::new(blocking)),
         });

@@ -9,6 +9,7 @@
 
 mod convert;
 mod introspect;
+mod keys;
 mod request;
 mod schedule;
 mod watchdog;

@@ -1,11 +1,13 @@
 //! `__request__`: a read-only view of the HTTP request for plugins (SPEC §5). It wraps the Rust
-//! request data and builds each Python attribute only when a plugin reads it, so passing it costs
-//! one small allocation per call.
+//! request data as hyper parsed it (nothing is copied per request) and builds each Python
+//! attribute only when a plugin reads it, so passing it costs one small allocation per call.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pyo3::exceptions::PyKeyError;
+use hyper::header::{HeaderMap, HeaderValue};
+use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use serde_json::Value;
@@ -13,19 +15,26 @@ use serde_json::Value;
 use super::convert::to_py;
 
 /// The request data a plugin can read, in plain Rust.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestInfo {
-    pub method: String,
-    pub path: String,
-    pub query: Vec<(String, String)>,
-    /// Header names in lower case, values as sent (invalid UTF-8 replaced).
-    pub headers: Vec<(String, String)>,
+    pub method: hyper::Method,
+    /// The query string is parsed again only if the plugin reads `query_params`/`query_list`
+    /// (it was checked when the call was marshalled).
+    pub uri: hyper::Uri,
+    pub headers: HeaderMap,
     pub body: Bytes,
     /// The parsed JSON body, if the body was JSON.
     pub json: Option<Value>,
-    pub remote_addr: String,
+    pub remote: SocketAddr,
     pub uuid: Option<String>,
     pub role: Option<&'static str>,
+    /// The request id (`X-Request-Id`), which also tags what the plugin prints.
+    pub id: uuid::Uuid,
+}
+
+/// A header value as Python sees it (invalid UTF-8 replaced).
+fn text(value: &HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
 /// The object plugins receive as `__request__`.
@@ -38,25 +47,31 @@ impl PyRequest {
     pub fn new(info: Arc<RequestInfo>) -> PyRequest {
         PyRequest { info }
     }
+
+    fn query(&self) -> PyResult<Vec<(String, String)>> {
+        let raw = self.info.uri.query().unwrap_or("");
+        crate::marshal::parse_pairs(raw.as_bytes(), "query string")
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
 }
 
 #[pymethods]
 impl PyRequest {
     #[getter]
     fn method(&self) -> &str {
-        &self.info.method
+        self.info.method.as_str()
     }
 
     #[getter]
     fn path(&self) -> &str {
-        &self.info.path
+        self.info.uri.path()
     }
 
     /// Query parameters; for a repeated key, the last value.
     #[getter]
     fn query_params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in &self.info.query {
+        for (k, v) in self.query()? {
             d.set_item(k, v)?;
         }
         Ok(d)
@@ -66,8 +81,7 @@ impl PyRequest {
     #[getter]
     fn query_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let items = self
-            .info
-            .query
+            .query()?
             .iter()
             .map(|(k, v)| PyTuple::new(py, [k, v]))
             .collect::<PyResult<Vec<_>>>()?;
@@ -95,8 +109,8 @@ impl PyRequest {
     }
 
     #[getter]
-    fn remote_addr(&self) -> &str {
-        &self.info.remote_addr
+    fn remote_addr(&self) -> String {
+        self.info.remote.to_string()
     }
 
     #[getter]
@@ -110,7 +124,7 @@ impl PyRequest {
     }
 
     fn __repr__(&self) -> String {
-        format!("<Request {} {}>", self.info.method, self.info.path)
+        format!("<Request {} {}>", self.info.method, self.info.uri.path())
     }
 }
 
@@ -121,14 +135,16 @@ pub struct Headers {
 }
 
 impl Headers {
-    fn find(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
+    /// The last value sent under `name`, matched case-insensitively.
+    fn find(&self, name: &str) -> Option<&HeaderValue> {
+        self.info.headers.get_all(name).iter().next_back()
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (String, String)> + '_ {
         self.info
             .headers
             .iter()
-            .rev()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(k, v)| (k.as_str().to_string(), text(v)))
     }
 }
 
@@ -136,14 +152,14 @@ impl Headers {
 impl Headers {
     fn __getitem__(&self, name: &str) -> PyResult<String> {
         self.find(name)
-            .map(str::to_string)
+            .map(text)
             .ok_or_else(|| PyKeyError::new_err(name.to_string()))
     }
 
     #[pyo3(signature = (name, default=None))]
     fn get(&self, name: &str, default: Option<Py<PyAny>>, py: Python<'_>) -> Py<PyAny> {
         match self.find(name) {
-            Some(v) => v
+            Some(v) => text(v)
                 .into_pyobject(py)
                 .map(|s| s.into_any().unbind())
                 .unwrap_or_else(|_| py.None()),
@@ -160,15 +176,15 @@ impl Headers {
     }
 
     fn keys(&self) -> Vec<String> {
-        self.info.headers.iter().map(|(k, _)| k.clone()).collect()
+        self.pairs().map(|(k, _)| k).collect()
     }
 
     fn values(&self) -> Vec<String> {
-        self.info.headers.iter().map(|(_, v)| v.clone()).collect()
+        self.pairs().map(|(_, v)| v).collect()
     }
 
     fn items(&self) -> Vec<(String, String)> {
-        self.info.headers.clone()
+        self.pairs().collect()
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -178,6 +194,6 @@ impl Headers {
     }
 
     fn __repr__(&self) -> String {
-        format!("Headers({:?})", self.info.headers)
+        format!("Headers({:?})", self.items())
     }
 }

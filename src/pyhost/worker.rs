@@ -16,6 +16,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 use tokio::sync::oneshot;
 
 use super::convert::{to_py, write_json};
+use super::keys::Keys;
 use super::request::{PyRequest, RequestInfo};
 use super::watchdog::Watchdog;
 use super::{
@@ -46,8 +47,9 @@ pub struct CallJob {
 }
 
 thread_local! {
-    /// The module whose code this thread is running, to tag captured `print` output.
-    static CURRENT_MODULE: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// The module whose code this thread is running and the request it runs for, to tag
+    /// captured `print` output.
+    static CURRENT_MODULE: RefCell<Option<(Arc<Module>, uuid::Uuid)>> = const { RefCell::new(None) };
 }
 
 /// Starts `count` Python threads. Calls wait in a queue of at most `max_queued` (a full queue
@@ -138,7 +140,7 @@ fn run_call(py: Python<'_>, job: CallJob) {
 /// Returns how long the Python part took (the call and the result conversion).
 pub fn invoke(
     py: Python<'_>,
-    module: &Module,
+    module: &Arc<Module>,
     endpoint: usize,
     args: &CallArgs,
     request: Arc<RequestInfo>,
@@ -158,7 +160,7 @@ pub fn invoke(
         ))));
         return started.elapsed();
     };
-    CURRENT_MODULE.with(|m| *m.borrow_mut() = Some(module.name.clone()));
+    CURRENT_MODULE.with(|m| *m.borrow_mut() = Some((Arc::clone(module), request.id)));
     let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
@@ -192,9 +194,11 @@ fn build_args<'py>(
         .collect::<PyResult<Vec<_>>>()?;
     let tuple = PyTuple::new(py, positional)?;
     let kwargs = PyDict::new(py);
+    let mut keys = Keys::lock();
     for (k, v) in &args.kwargs {
-        kwargs.set_item(PyString::new(py, k), to_py(py, v)?)?;
+        kwargs.set_item(keys.get(py, k), to_py(py, v)?)?;
     }
+    drop(keys);
     if args.pass_request {
         kwargs.set_item(
             intern!(py, "__request__"),
@@ -369,15 +373,20 @@ impl Native {
         self.watchdog.import_finished();
     }
 
-    /// One line a plugin printed, into the server log, tagged with the module running it.
+    /// One line a plugin printed, into the server log, tagged with the module running it and
+    /// the request it runs for.
     fn log(&self, stream: &str, line: &str) {
         CURRENT_MODULE.with(|m| {
-            let module = m.borrow();
-            let module = module.as_deref().unwrap_or("-");
+            let current = m.borrow();
+            let (module, id) = match current.as_ref() {
+                Some((module, id)) => (module.name.as_str(), Some(id)),
+                None => ("-", None),
+            };
+            let id = tracing::field::display(id.map_or(String::from("-"), ToString::to_string));
             if stream == "stderr" {
-                tracing::warn!(target: "dpms::plugin", module, stream, "{line}");
+                tracing::warn!(target: "dpms::plugin", module, stream, id, "{line}");
             } else {
-                tracing::info!(target: "dpms::plugin", module, stream, "{line}");
+                tracing::info!(target: "dpms::plugin", module, stream, id, "{line}");
             }
         });
     }

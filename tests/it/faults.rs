@@ -62,11 +62,14 @@ fn deadline_answers_504() {
 }
 
 #[test]
-fn plugin_output_goes_to_the_log_tagged_with_its_module() {
+fn plugin_output_goes_to_the_log_tagged_with_its_module_and_request() {
     let chatty = "import sys\nfrom dpms import expose\n@expose.endpoint(API='chatty')\ndef chatty():\n    print('hello from chatty')\n    print('oops', file=sys.stderr)\n    return 'ok'\n";
     let s = TestServer::start(&[("chatty", chatty)], &[]);
-    assert_eq!(s.get("/rest/services/chatty/").result(), "ok");
-    let log = s.log_with("oops");
+    let r = s.get("/rest/services/chatty/");
+    assert_eq!(r.result(), "ok");
+    let id = r.header("x-request-id").unwrap_or("no id").to_string();
+    // The access line is written after the print lines: once it is there, all of them are.
+    let log = s.log_with("status=200 endpoint=\"chatty.chatty\"");
     let line = log
         .lines()
         .find(|l| l.contains("hello from chatty"))
@@ -75,7 +78,21 @@ fn plugin_output_goes_to_the_log_tagged_with_its_module() {
         line.contains("module=\"chatty\"") || line.contains("module=chatty"),
         "{line}"
     );
+    assert!(line.contains(&format!("id={id}")), "{line}");
     assert!(log.contains("oops"), "{log}");
+    let access = log
+        .lines()
+        .find(|l| l.contains("dpms::access") && l.contains("chatty"))
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    for field in [
+        "method=GET",
+        "path=/rest/services/chatty/",
+        "status=200",
+        "remote=127.0.0.1:",
+        &format!("id={id}"),
+    ] {
+        assert!(access.contains(field), "`{field}` missing: {access}");
+    }
 }
 
 #[test]
