@@ -103,9 +103,8 @@ pub fn access(line: &Access<'_>) {
     buf.extend_from_slice(line.path.as_bytes());
     buf.extend_from_slice(b" status=");
     buf.extend_from_slice(num.format(line.status).as_bytes());
-    buf.extend_from_slice(b" endpoint=\"");
-    buf.extend_from_slice(line.endpoint.as_bytes());
-    buf.extend_from_slice(b"\" worker=");
+    // Quoted and escaped as `tracing` writes a string field: an API name is a plugin's text.
+    let _ = write!(buf, " endpoint={:?} worker=", line.endpoint);
     buf.extend_from_slice(num.format(line.worker).as_bytes());
     let _ = write!(buf, " remote={} ms=", line.remote);
     let micros = line.elapsed.as_micros();
