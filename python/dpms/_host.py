@@ -30,6 +30,10 @@ _imported = {}
 #: Modules loaded during the current batch (so each file is one module object).
 _batch = None
 _loop = None
+#: Coroutine tasks running on ``_loop``.
+_tasks = set()
+
+_OWN_GLOBALS = globals()
 
 _KINDS = {
     inspect.Parameter.POSITIONAL_ONLY: "positional_only",
@@ -60,6 +64,17 @@ def install_packages(packages):
             setattr(sys.modules[parent], child, module)
 
 
+def _caller_module():
+    """The module whose code is writing to a captured stream (the first frame outside this
+    helper), so output from threads a plugin started, and from imports, names its module."""
+    frame = sys._getframe(2)  # the caller of write() or flush()
+    while frame is not None and frame.f_globals is _OWN_GLOBALS:
+        frame = frame.f_back
+    if frame is None:
+        return "-"
+    return frame.f_globals.get("__name__") or "-"
+
+
 class _LogStream:
     """A text stream that sends each complete line to the server log."""
 
@@ -76,8 +91,10 @@ class _LogStream:
         pending = getattr(self._local, "pending", "") + text
         *lines, rest = pending.split("\n")
         self._local.pending = rest
-        for line in lines:
-            _native.log(self.name, line)
+        if lines:
+            module = _caller_module()
+            for line in lines:
+                _native.log(self.name, line, module)
         return len(text)
 
     def writelines(self, lines):
@@ -88,7 +105,7 @@ class _LogStream:
         pending = getattr(self._local, "pending", "")
         if pending:
             self._local.pending = ""
-            _native.log(self.name, pending)
+            _native.log(self.name, pending, _caller_module())
 
     def isatty(self):
         return False
@@ -357,23 +374,31 @@ def _describe_endpoint(func, marker):
     }
 
 
-async def _guard(awaitable):
+async def _run(awaitable, done):
     # A BaseException (SystemExit, KeyboardInterrupt) escaping a task would stop the loop's
-    # thread: every coroutine's outcome is returned as a value instead.
+    # thread: every coroutine's outcome is handed to ``done`` as a value instead.
     try:
-        return True, await awaitable
+        value = await awaitable
     except BaseException as exc:  # noqa: BLE001
-        return False, exc
+        ok, value = False, exc
+    else:
+        ok = True
+    try:
+        done(ok, value)
+    except BaseException:  # noqa: BLE001 - the reply is lost; the server answers 500
+        traceback.print_exc()
+
+
+def _start(awaitable, done):
+    # The loop keeps only weak references to tasks: hold each until it ends.
+    task = _loop.create_task(_run(awaitable, done))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def submit(awaitable, done):
-    """Runs ``awaitable`` on the event loop; ``done(ok, value)`` is called on the loop thread."""
+    """Runs ``awaitable`` on the event loop; ``done(ok, value)`` is called on the loop thread.
 
-    def finished(future):
-        try:
-            ok, value = future.result()
-        except BaseException as exc:  # noqa: BLE001 - cancelled, or the loop is gone
-            ok, value = False, exc
-        done(ok, value)
-
-    asyncio.run_coroutine_threadsafe(_guard(awaitable), _loop).add_done_callback(finished)
+    One hop onto the loop (``call_soon_threadsafe``) and one task: no ``concurrent.futures``
+    future to chain back, since ``done`` replies to the server itself."""
+    _loop.call_soon_threadsafe(_start, awaitable, done)

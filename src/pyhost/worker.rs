@@ -373,14 +373,15 @@ impl Native {
         self.watchdog.import_finished();
     }
 
-    /// One line a plugin printed, into the server log, tagged with the module running it and
-    /// the request it runs for.
-    fn log(&self, stream: &str, line: &str) {
+    /// One line a plugin printed, into the server log, tagged with the module running it (the
+    /// endpoint's module during a call; otherwise `module`, the module whose code wrote, as the
+    /// helper found it: a thread the plugin started, an import) and the request it runs for.
+    fn log(&self, stream: &str, line: &str, module: &str) {
         CURRENT_MODULE.with(|m| {
             let current = m.borrow();
             let (module, id) = match current.as_ref() {
-                Some((module, id)) => (module.name.as_str(), Some(id)),
-                None => ("-", None),
+                Some((running, id)) => (running.name.as_str(), Some(id)),
+                None => (module, None),
             };
             let id = tracing::field::display(id.map_or(String::from("-"), ToString::to_string));
             if stream == "stderr" {

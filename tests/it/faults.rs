@@ -96,6 +96,24 @@ fn plugin_output_goes_to_the_log_tagged_with_its_module_and_request() {
 }
 
 #[test]
+fn output_from_imports_and_plugin_threads_names_its_module() {
+    let threaded = "import threading\nfrom dpms import expose\nprint('importing threaded')\n\
+                    @expose.endpoint(API='spawn')\ndef spawn():\n    \
+                    t = threading.Thread(target=lambda: print('from a plugin thread'))\n    \
+                    t.start()\n    t.join()\n    return 'spawned'\n";
+    let s = TestServer::start(&[("threaded", threaded)], &[]);
+    assert_eq!(s.get("/rest/services/spawn/").result(), "spawned");
+    let log = s.log_with("from a plugin thread");
+    for text in ["importing threaded", "from a plugin thread"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("`{text}` not in the log:\n{log}"));
+        assert!(line.contains("module=\"threaded\""), "{line}");
+    }
+}
+
+#[test]
 fn a_full_call_queue_answers_503_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (started, release) = (dir.path().join("started"), dir.path().join("release"));
