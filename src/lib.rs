@@ -8,7 +8,7 @@
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
-//! - [`response`]: JSON responses and the success envelope.
+//! - [`response`]: JSON responses and error bodies.
 //! - [`error`]: the catalogue of client-visible errors.
 //! - [`plugins`]: plugin files, loading, freshness (watcher + per-request check).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.

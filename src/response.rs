@@ -1,5 +1,6 @@
-//! Building responses: the JSON content type on everything dpms writes itself, the success
-//! envelope around a plugin's result, and error bodies from the catalogue.
+//! Building responses: the JSON content type on everything dpms writes itself and error bodies
+//! from the catalogue. (The success envelope is written around a plugin's result by the result
+//! walk itself, `pyhost::worker::outcome`, from the endpoint's precomputed prefix.)
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,16 +25,6 @@ pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> 
 
 pub fn json_value(status: StatusCode, body: &Value) -> Response<Body> {
     json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
-}
-
-/// `{"status":"OK","response":{"<module>.<func>":<result>}}` from the endpoint's precomputed
-/// prefix and the result's JSON.
-pub fn envelope(prefix: &Bytes, result: &[u8]) -> Response<Body> {
-    let mut body = Vec::with_capacity(prefix.len() + result.len() + 2);
-    body.extend_from_slice(prefix);
-    body.extend_from_slice(result);
-    body.extend_from_slice(b"}}");
-    json_bytes(StatusCode::OK, body)
 }
 
 /// The error's JSON body, status and `Allow` header.

@@ -409,7 +409,7 @@ async fn call(
         }
     };
     match outcome {
-        Ok(Outcome::Json(result)) => Ok(response::envelope(&endpoint.envelope_prefix, &result)),
+        Ok(Outcome::Json(body)) => Ok(response::json_bytes(StatusCode::OK, body)),
         Ok(Outcome::Custom {
             status,
             headers,

@@ -94,7 +94,7 @@ pub struct ModuleHandle {
 /// What a successful call produced.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The result as JSON text, to be wrapped in the success envelope.
+    /// The whole success body: the envelope with the result's JSON inside.
     Json(Vec<u8>),
     /// A `dpms.Response`, sent as is.
     Custom {

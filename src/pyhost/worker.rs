@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -160,16 +161,21 @@ pub fn invoke(
         ))));
         return started.elapsed();
     };
+    let prefix = module
+        .endpoints
+        .get(endpoint)
+        .map(|e| e.envelope_prefix.clone())
+        .unwrap_or_default();
     CURRENT_MODULE.with(|m| *m.borrow_mut() = Some((Arc::clone(module), request.id)));
     let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
-            if let Err(e) = submit(py, value, reply) {
+            if let Err(e) = submit(py, value, prefix, reply) {
                 tracing::error!(cause = %e, "cannot schedule a coroutine");
             }
         }
         Ok(value) => {
-            let _ = reply.send(outcome(py, &value));
+            let _ = reply.send(outcome(py, &value, &prefix));
         }
         Err(err) => {
             let _ = reply.send(Err(raised(
@@ -230,8 +236,9 @@ fn needs_await(py: Python<'_>, value: &Bound<'_, PyAny>) -> bool {
         .unwrap_or(false)
 }
 
-/// Converts a plugin's return value into an [`Outcome`].
-fn outcome(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
+/// Converts a plugin's return value into an [`Outcome`]: a JSON result is written by the Rust
+/// walk straight after the endpoint's envelope `prefix`, so the buffer is the response body.
+fn outcome(py: Python<'_>, value: &Bound<'_, PyAny>, prefix: &[u8]) -> CallResult {
     static RESPONSE: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
     let is_response = RESPONSE
         .import(py, "dpms", "Response")
@@ -239,8 +246,10 @@ fn outcome(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
     if is_response {
         return custom_response(py, value);
     }
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(prefix.len() + 512);
+    out.extend_from_slice(prefix);
     write_json(py, value, &mut out).map_err(|e| CallFailure::Unserializable(e.0))?;
+    out.extend_from_slice(b"}}");
     Ok(Outcome::Json(out))
 }
 
@@ -322,11 +331,13 @@ fn raised(py: Python<'_>, exc: Bound<'_, PyAny>) -> CallFailure {
 fn submit(
     py: Python<'_>,
     awaitable: Bound<'_, PyAny>,
+    prefix: Bytes,
     reply: oneshot::Sender<CallResult>,
 ) -> PyResult<()> {
     let completion = Py::new(
         py,
         Completion {
+            prefix,
             reply: Mutex::new(Some(reply)),
         },
     )?;
@@ -337,6 +348,8 @@ fn submit(
 /// Called by the helper on the event loop's thread with `(ok, value)` when a coroutine ends.
 #[pyclass(frozen)]
 struct Completion {
+    /// The endpoint's envelope prefix (see [`outcome`]).
+    prefix: Bytes,
     reply: Mutex<Option<oneshot::Sender<CallResult>>>,
 }
 
@@ -344,7 +357,7 @@ struct Completion {
 impl Completion {
     fn __call__(&self, py: Python<'_>, ok: bool, value: Bound<'_, PyAny>) {
         let result = if ok {
-            outcome(py, &value)
+            outcome(py, &value, &self.prefix)
         } else {
             Err(raised(py, value))
         };
