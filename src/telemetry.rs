@@ -86,17 +86,25 @@ pub struct Access<'a> {
     pub id: &'a uuid::Uuid,
 }
 
-/// Appends one access line:
-/// `<time>  INFO dpms::access: method=GET path=/… status=200 endpoint="m.f" worker=0 remote=… ms=0.123 id=…`.
+/// Appends one access line (see [`format_access`]), handing the buffer over once it is big.
 pub fn access(line: &Access<'_>) {
     let Ok(mut buf) = ACCESS.lock() else {
         return;
     };
+    format_access(&mut buf, line, SystemTime::now());
+    if buf.len() >= ACCESS_BATCH {
+        hand_over(&mut buf);
+    }
+}
+
+/// Writes one access line into `buf`, in the subscriber's own layout:
+/// `<time>  INFO dpms::access: method=GET path=/… status=200 endpoint="m.f" worker=0 remote=… ms=0.123 id=…`.
+pub fn format_access(buf: &mut Vec<u8>, line: &Access<'_>, now: SystemTime) {
     let mut num = itoa::Buffer::new();
     let _ = write!(
         buf,
         "{}  INFO dpms::access: method=",
-        humantime::format_rfc3339_micros(SystemTime::now())
+        humantime::format_rfc3339_micros(now)
     );
     buf.extend_from_slice(line.method.as_bytes());
     buf.extend_from_slice(b" path=");
@@ -122,9 +130,6 @@ pub fn access(line: &Access<'_>) {
     let mut id = uuid::Uuid::encode_buffer();
     buf.extend_from_slice(line.id.hyphenated().encode_lower(&mut id).as_bytes());
     buf.push(b'\n');
-    if buf.len() >= ACCESS_BATCH {
-        hand_over(&mut buf);
-    }
 }
 
 /// Hands the gathered access lines to the writer (cheap when there are none).
@@ -147,4 +152,52 @@ fn hand_over(buf: &mut Vec<u8>) {
         }
     }
     buf.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(endpoint: &str, elapsed: Duration) -> String {
+        let id = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let access = Access {
+            method: "GET",
+            path: "/rest/services/hello-world/1/",
+            status: 200,
+            endpoint,
+            worker: 3,
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            elapsed,
+            id: &id,
+        };
+        let mut buf = Vec::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_590_400_123_456);
+        format_access(&mut buf, &access, now);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_line_has_the_subscribers_layout() {
+        assert_eq!(
+            line("module1.foo", Duration::from_micros(1_234)),
+            "2025-12-01T12:00:00.123456Z  INFO dpms::access: method=GET \
+             path=/rest/services/hello-world/1/ status=200 endpoint=\"module1.foo\" worker=3 \
+             remote=127.0.0.1:40000 ms=1.234 id=01234567-89ab-cdef-0123-456789abcdef\n"
+        );
+    }
+
+    #[test]
+    fn milliseconds_keep_three_digits() {
+        for (micros, text) in [(7, "ms=0.007 "), (45, "ms=0.045 "), (12_300, "ms=12.300 ")] {
+            let l = line("-", Duration::from_micros(micros));
+            assert!(l.contains(text), "{micros} us: {l}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_name_cannot_forge_a_line() {
+        let l = line("a\"b\nfake line", Duration::ZERO);
+        assert_eq!(l.matches('\n').count(), 1, "{l}");
+        assert!(l.contains(r#"endpoint="a\"b\nfake line""#), "{l}");
+    }
 }
