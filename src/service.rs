@@ -108,7 +108,7 @@ pub async fn handle(
             worker: app.worker_index,
             remote,
             elapsed: started.elapsed(),
-            id: &request_id,
+            id: id_text,
         });
     }
     resp

@@ -83,7 +83,8 @@ pub struct Access<'a> {
     pub worker: usize,
     pub remote: SocketAddr,
     pub elapsed: Duration,
-    pub id: &'a uuid::Uuid,
+    /// The request id as sent in `X-Request-Id`.
+    pub id: &'a str,
 }
 
 /// Appends one access line (see [`format_access`]), handing the buffer over once it is big.
@@ -127,8 +128,7 @@ pub fn format_access(buf: &mut Vec<u8>, line: &Access<'_>, now: SystemTime) {
     }
     buf.extend_from_slice(num.format(frac).as_bytes());
     buf.extend_from_slice(b" id=");
-    let mut id = uuid::Uuid::encode_buffer();
-    buf.extend_from_slice(line.id.hyphenated().encode_lower(&mut id).as_bytes());
+    buf.extend_from_slice(line.id.as_bytes());
     buf.push(b'\n');
 }
 
@@ -159,7 +159,6 @@ mod tests {
     use super::*;
 
     fn line(endpoint: &str, elapsed: Duration) -> String {
-        let id = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
         let access = Access {
             method: "GET",
             path: "/rest/services/hello-world/1/",
@@ -168,7 +167,7 @@ mod tests {
             worker: 3,
             remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
             elapsed,
-            id: &id,
+            id: "01234567-89ab-cdef-0123-456789abcdef",
         };
         let mut buf = Vec::new();
         let now = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_590_400_123_456);
