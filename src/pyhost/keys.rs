@@ -8,7 +8,7 @@
 //! bound (a client sending endless distinct query keys) are created per call as before.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -23,25 +23,23 @@ type Table = HashMap<Box<str>, Py<PyString>, foldhash::fast::RandomState>;
 static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
 
 /// The interned-name table, locked once for all the keys of one call.
-pub struct Keys<'a> {
-    table: Option<std::sync::MutexGuard<'a, Table>>,
+pub struct Keys {
+    table: Option<MutexGuard<'static, Table>>,
 }
 
-impl Keys<'static> {
+impl Keys {
     /// Takes the table if no other thread has it. Never waits: creating a Python object can
     /// run a collection and with it a finaliser that lets another thread take the GIL, and that
     /// thread must not block on this lock while holding the GIL. Without the table, names are
     /// simply created afresh.
-    pub fn lock() -> Keys<'static> {
+    pub fn lock() -> Keys {
         let table = TABLE
             .get_or_init(|| Mutex::new(Table::default()))
             .try_lock()
             .ok();
         Keys { table }
     }
-}
 
-impl Keys<'_> {
     /// The Python string for `name`.
     pub fn get<'py>(&mut self, py: Python<'py>, name: &str) -> Bound<'py, PyString> {
         let Some(table) = self.table.as_mut() else {

@@ -148,24 +148,20 @@ pub fn invoke(
     reply: oneshot::Sender<CallResult>,
 ) -> Duration {
     let started = Instant::now();
-    let func = module.handle.as_ref().and_then(|handle| {
-        module
-            .endpoints
-            .get(endpoint)
-            .and_then(|e| handle.funcs.get(e.index))
-    });
-    let Some(func) = func else {
+    let spec = module.endpoints.get(endpoint);
+    let func = module
+        .handle
+        .as_ref()
+        .zip(spec)
+        .and_then(|(handle, e)| handle.funcs.get(e.index));
+    let (Some(func), Some(spec)) = (func, spec) else {
         let _ = reply.send(Err(CallFailure::Internal(format!(
             "module `{}` has no loaded code for endpoint {endpoint}",
             module.name
         ))));
         return started.elapsed();
     };
-    let prefix = module
-        .endpoints
-        .get(endpoint)
-        .map(|e| e.envelope_prefix.clone())
-        .unwrap_or_default();
+    let prefix = spec.envelope_prefix.clone();
     CURRENT_MODULE.with(|m| *m.borrow_mut() = Some((Arc::clone(module), request.id)));
     let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
