@@ -52,9 +52,9 @@ def _servers(tmp_root):
     """Yields a ``start(env=None, plugin_dirs=None)`` function; stops what it started."""
     launcher = Launcher(tmp_root)
 
-    def start(env=None, plugin_dirs=None):
+    def start(env=None, plugin_dirs=None, dotenv=None):
         try:
-            return launcher(env=env, plugin_dirs=plugin_dirs)
+            return launcher(env=env, plugin_dirs=plugin_dirs, dotenv=dotenv)
         except RuntimeError as e:
             pytest.fail(str(e), pytrace=False)
 

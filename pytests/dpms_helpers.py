@@ -241,9 +241,10 @@ def clean_env(extra=None) -> dict:
     return env
 
 
-def launch(tmp_root: pathlib.Path, env=None, plugin_dirs=None, name="server") -> Server:
+def launch(tmp_root: pathlib.Path, env=None, plugin_dirs=None, name="server", dotenv=None) -> Server:
     """Start ``dpms serve`` on 127.0.0.1:0 in a fresh working folder and wait for its address.
 
+    ``dotenv``: the text of a ``.env`` file written into the working folder first.
     ``plugin_dirs`` defaults to [<repo>/plugins, <new temp folder>]; ``.plugin_dir`` is the last
     folder given (the temp folder by default).
     """
@@ -251,6 +252,8 @@ def launch(tmp_root: pathlib.Path, env=None, plugin_dirs=None, name="server") ->
     if not binary.exists():
         raise RuntimeError(f"dpms binary not found at {binary}: run `cargo build` or set DPMS_BIN")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp_root))
+    if dotenv is not None:
+        (workdir / ".env").write_text(dotenv, encoding="utf-8")
     if plugin_dirs is None:
         own = workdir / "plugins"
         own.mkdir()
@@ -318,8 +321,8 @@ class Launcher:
         self.tmp_root = tmp_root
         self.servers: list[Server] = []
 
-    def __call__(self, env=None, plugin_dirs=None) -> Server:
-        server = launch(self.tmp_root, env=env, plugin_dirs=plugin_dirs, name="dedicated")
+    def __call__(self, env=None, plugin_dirs=None, dotenv=None) -> Server:
+        server = launch(self.tmp_root, env=env, plugin_dirs=plugin_dirs, name="dedicated", dotenv=dotenv)
         self.servers.append(server)
         return server
 

@@ -90,7 +90,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "MULTI_TENANT",
         default: "false",
-        doc: "Tenancy (a later release): with `false` no uuid is needed and every call runs as admin.",
+        doc: "Tenancy (a later release): with `false` no uuid is needed and every call runs as admin; `true` refuses to start until tenancy exists.",
     },
     Setting {
         name: "ADMIN_ID",
@@ -212,6 +212,9 @@ pub struct Config {
     /// A folder shared by the workers of one supervisor (not a user setting: the supervisor
     /// sets it); see `plugins::registry` for what is kept there.
     pub state_dir: Option<PathBuf>,
+    /// `.env` entries that are not dpms settings, put into the admin interpreter's
+    /// `os.environ` before the first plugin import (absent from the process environment).
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A configuration that cannot be used; the message is the one line printed at start.
@@ -225,6 +228,10 @@ pub enum ConfigError {
     },
     #[error("`.env` line {line}: cannot parse `{text}` (quote values with spaces; use single quotes for values containing `$` or `\"`)")]
     EnvFile { line: usize, text: String },
+    #[error("the default plugin folder `{path}` does not exist: create it, or name your plugin folders in `plugins` (e.g. `plugins=./services`)")]
+    NoPluginFolder { path: String },
+    #[error("MULTI_TENANT=True, but this release of dpms has no tenancy yet: refusing to start rather than run every caller as admin (set MULTI_TENANT=False, or leave it out)")]
+    TenancyUnavailable,
     #[error("cannot read `{path}`: {source}")]
     Read {
         path: PathBuf,
@@ -263,12 +270,7 @@ impl Sources {
         } else {
             Vec::new()
         };
-        let mut warnings = Vec::new();
-        for (key, _) in &dotenv {
-            if !is_known(key) {
-                warnings.push(format!("`.env`: ignoring `{key}`, which dpms does not use"));
-            }
-        }
+        let warnings = Vec::new();
         Ok(Sources::new(
             dotenv.into_iter().collect(),
             std::env::vars().collect(),
@@ -395,6 +397,12 @@ impl Sources {
             .filter(|p| !p.is_empty())
         {
             let dir = workdir.join(part);
+            if !dir.is_dir() && plugins_key == "DPMS_PLUGINS" && self.get("DPMS_PLUGINS").is_none()
+            {
+                return Err(ConfigError::NoPluginFolder {
+                    path: dir.display().to_string(),
+                });
+            }
             if !dir.is_dir() {
                 return Err(invalid(
                     plugins_key,
@@ -491,6 +499,20 @@ impl Sources {
         let workers = self.count("DPMS_WORKERS", cpus, 1..=256)?;
         let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
 
+        let multi_tenant = self.boolean("MULTI_TENANT", false)?;
+        if multi_tenant {
+            return Err(ConfigError::TenancyUnavailable);
+        }
+        // `.env` keys that are not settings go to the admin interpreter's `os.environ`, as the
+        // original framework did (SPEC §8); the process environment wins over them.
+        let mut extra_env: Vec<(String, String)> = self
+            .dotenv
+            .iter()
+            .filter(|(k, _)| !is_known(k) && !self.env.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        extra_env.sort();
+
         Ok(Config {
             host,
             port,
@@ -503,7 +525,7 @@ impl Sources {
             max_headers,
             max_function_time,
             debug: self.boolean("DEBUG", false)?,
-            multi_tenant: self.boolean("MULTI_TENANT", false)?,
+            multi_tenant,
             admin_id,
             venv,
             py_threads,
@@ -517,6 +539,7 @@ impl Sources {
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
             state_dir: None,
+            extra_env,
         })
     }
 }
@@ -690,19 +713,15 @@ mod tests {
         let dir = tempfile_dir();
         std::fs::write(
             dir.join(".env"),
-            "MULTI_TENANT=True\nMONGO_URI=mongodb://x:1/?a=1\nNUM_URL_PARMS = 3  # comment\nURL_PARM1=p1       # note\n",
+            "MULTI_TENANT=False\nMONGO_URI=mongodb://x:1/?a=1\nNUM_URL_PARMS = 3  # comment\nURL_PARM1=p1       # note\n",
         )
         .ok();
         std::fs::create_dir_all(dir.join("plugins")).ok();
         let s = Sources::load(&dir, Overrides::default()).map_err(|e| e.to_string());
         let s = s.as_ref().map_err(String::as_str);
-        assert_eq!(s.map(|s| s.warnings.len()), Ok(1));
-        let c = s.map(|s| {
-            s.config(&dir)
-                .map(|c| (c.url_parm_names, c.multi_tenant))
-                .ok()
-        });
-        assert_eq!(c, Ok(Some((vec!["p1", "parm_2", "parm_3"], true))));
+        let c = s.map(|s| s.config(&dir).map(|c| (c.url_parm_names, c.extra_env)).ok());
+        let mongo = vec![("MONGO_URI".to_string(), "mongodb://x:1/?a=1".to_string())];
+        assert_eq!(c, Ok(Some((vec!["p1", "parm_2", "parm_3"], mongo))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -718,6 +737,18 @@ mod tests {
             "{err:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn env_example_lists_every_setting() {
+        let example = include_str!("../.env.example");
+        for setting in SETTINGS {
+            assert!(
+                example.contains(setting.name),
+                "`.env.example` lacks {}",
+                setting.name
+            );
+        }
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -9,6 +9,7 @@
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
 //! - [`response`]: JSON responses and error bodies.
+//! - [`request_id`]: the `X-Request-Id` kept from the client or made.
 //! - [`error`]: the catalogue of client-visible errors.
 //! - [`plugins`]: plugin files, loading, freshness (watcher + per-request check).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod marshal;
 pub mod plugins;
 pub mod pyhost;
+pub mod request_id;
 pub mod response;
 pub mod router;
 pub mod server;

@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::marshal::{self, RequestParts, Target};
 use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
+use crate::request_id::RequestId;
 use crate::response::{self, Body as RespBody};
 use crate::router::{is_uuid_segment, Located, Method, MethodSet, Selected};
 use crate::telemetry;
@@ -57,6 +58,15 @@ impl App {
     }
 }
 
+/// The client's own `X-Request-Id` when it is usable (SPEC §4: up to 128 characters of
+/// `[A-Za-z0-9._:-]`), else a new uuid.
+fn request_id(headers: &hyper::HeaderMap) -> RequestId {
+    headers
+        .get(&X_REQUEST_ID)
+        .and_then(RequestId::from_client)
+        .unwrap_or_else(RequestId::generate)
+}
+
 /// How the request's method is handled.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verb {
@@ -72,7 +82,7 @@ pub async fn handle(
     remote: SocketAddr,
 ) -> Response<RespBody> {
     let started = Instant::now();
-    let request_id = uuid::Uuid::new_v4();
+    let request_id = request_id(req.headers());
     // Both are cheap clones (a standard method is a tag, a URI shares its bytes), kept for the
     // access line after the request itself has been consumed.
     let method = req.method().clone();
@@ -89,11 +99,8 @@ pub async fn handle(
             (response::error(&err), endpoint)
         }
     };
-    let mut id_text = uuid::Uuid::encode_buffer();
-    let id_text = request_id.hyphenated().encode_lower(&mut id_text);
-    if let Ok(v) = HeaderValue::from_str(id_text) {
-        resp.headers_mut().insert(X_REQUEST_ID, v);
-    }
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, request_id.header().clone());
     resp.headers_mut().insert(X_DPMS_WORKER, app.worker.clone());
     if sent_body && (resp.status().is_client_error() || resp.status() == StatusCode::NO_CONTENT) {
         resp.headers_mut()
@@ -108,7 +115,7 @@ pub async fn handle(
             worker: app.worker_index,
             remote,
             elapsed: started.elapsed(),
-            id: id_text,
+            id: request_id.as_str(),
         });
     }
     resp
@@ -123,7 +130,7 @@ async fn route(
     app: &App,
     req: Request<Incoming>,
     remote: SocketAddr,
-    id: &uuid::Uuid,
+    id: &RequestId,
 ) -> Result<Routed, Failed> {
     check_sizes(&app.config, &req).map_err(|e| (e, None))?;
     let verb = match req.method().as_str() {
@@ -207,7 +214,7 @@ async fn route(
         req,
         Caller {
             remote,
-            id: *id,
+            id: id.clone(),
             uuid,
         },
         selected,
@@ -314,7 +321,7 @@ async fn select(
 /// Who is calling: the peer, the request id and the uuid segment of the URL.
 struct Caller {
     remote: SocketAddr,
-    id: uuid::Uuid,
+    id: RequestId,
     uuid: Option<String>,
 }
 
@@ -381,7 +388,7 @@ async fn call(
         remote,
         uuid,
         role: Some("admin"),
-        id,
+        id: id.clone(),
     });
 
     let dispatch = app

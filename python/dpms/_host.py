@@ -12,6 +12,7 @@ import importlib.abc
 import importlib.machinery
 import inspect
 import json
+import os
 import sys
 import threading
 import traceback
@@ -148,10 +149,15 @@ class _PluginLoader(importlib.abc.Loader):
             _batch[module.__name__] = module
 
 
-def setup(native, plugin_dirs, extra_paths):
-    """Runs once before the first plugin import."""
+def setup(native, plugin_dirs, extra_paths, extra_env=()):
+    """Runs once before the first plugin import.
+
+    ``extra_env``: ``.env`` entries that are not dpms settings; plugins read them from
+    ``os.environ`` as under the original framework (the process environment wins)."""
     global _native, _loop
     _native = native
+    for key, value in extra_env:
+        os.environ.setdefault(key, value)
     sys.stdout = _LogStream("stdout")
     sys.stderr = _LogStream("stderr")
     for folder in list(plugin_dirs) + list(extra_paths):

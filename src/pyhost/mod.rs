@@ -399,7 +399,10 @@ fn setup(
             host.getattr("ImportTimeout")?.unbind(),
             host.getattr("CallTimeout")?.unbind(),
         );
-        host.call_method1("setup", (native, dirs, extra_paths.to_vec()))?;
+        host.call_method1(
+            "setup",
+            (native, dirs, extra_paths.to_vec(), config.extra_env.clone()),
+        )?;
         Ok(())
     };
     run().map_err(|e| e.to_string())

@@ -29,7 +29,7 @@ pub struct RequestInfo {
     pub uuid: Option<String>,
     pub role: Option<&'static str>,
     /// The request id (`X-Request-Id`), which also tags what the plugin prints.
-    pub id: uuid::Uuid,
+    pub id: crate::request_id::RequestId,
 }
 
 /// A header value as Python sees it (invalid UTF-8 replaced).

@@ -24,6 +24,7 @@ use super::{
     host_module, CallFailure, CallResult, LoadRequest, Loaded, ModuleHandle, Outcome, Report,
 };
 use crate::marshal::CallArgs;
+use crate::request_id::RequestId;
 use crate::router::Module;
 
 /// Work for a Python thread.
@@ -50,7 +51,7 @@ pub struct CallJob {
 thread_local! {
     /// The module whose code this thread is running and the request it runs for, to tag
     /// captured `print` output.
-    static CURRENT_MODULE: RefCell<Option<(Arc<Module>, uuid::Uuid)>> = const { RefCell::new(None) };
+    static CURRENT_MODULE: RefCell<Option<(Arc<Module>, RequestId)>> = const { RefCell::new(None) };
 }
 
 /// Starts `count` Python threads. Calls wait in a queue of at most `max_queued` (a full queue
@@ -162,7 +163,7 @@ pub fn invoke(
         return started.elapsed();
     };
     let prefix = spec.envelope_prefix.clone();
-    CURRENT_MODULE.with(|m| *m.borrow_mut() = Some((Arc::clone(module), request.id)));
+    CURRENT_MODULE.with(|m| *m.borrow_mut() = Some((Arc::clone(module), request.id.clone())));
     let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
