@@ -121,3 +121,131 @@ def test_client_request_id_on_errors_too(server):
     r = server.get("no-such-api-anywhere/", headers={"X-Request-Id": "err-trace-1"})
     error(r, 404, "api_undefined")
     assert r.headers["X-Request-Id"] == "err-trace-1"
+
+
+# --- What counts as exposed (SPEC §1) --------------------------------------------------------
+
+WRAPPED_HELPER = """
+def plain_wrapper(func):
+    # no functools.wraps: the wrapper knows nothing of func but its closure
+    def inner(*args, **kwargs):
+        return {"wrapped": func(*args, **kwargs)}
+    return inner
+"""
+
+WRAPPED_SRC = """
+import functools
+from vyperlogix.decorators import expose
+import $helper
+
+calls = []
+
+@functools.lru_cache(maxsize=None)
+@expose.endpoint(method="GET", API="$p-cached-outer")
+def cached_outer(n="1"):
+    calls.append(n)
+    return {"n": n, "calls": len(calls)}
+
+@expose.endpoint(method="GET", API="$p-cached-inner")
+@functools.lru_cache(maxsize=None)
+def cached_inner(n="1"):
+    calls.append(n)
+    return {"n": n, "calls": len(calls)}
+
+@$helper.plain_wrapper
+@expose.endpoint(method="GET", API="$p-plain-outer")
+def plain_outer(*args, **kwargs):
+    return "outer"
+
+@expose.endpoint(method="GET", API="$p-plain-inner")
+@$helper.plain_wrapper
+def plain_inner(*args, **kwargs):
+    return "inner"
+"""
+
+
+@pytest.fixture(scope="module")
+def wrapped(server, write_module_plugin):
+    p = f"wr{uuid.uuid4().hex[:8]}"
+    helper, mod = unique("wrhelper"), unique("wrapped")
+    write_module_plugin(helper, WRAPPED_HELPER)
+    write_module_plugin(mod, source(WRAPPED_SRC, p=p, helper=helper))
+    return server, mod, p
+
+
+@pytest.mark.parametrize("which", ["cached-outer", "cached-inner"])
+def test_lru_cache_endpoint_is_routable_and_cached(wrapped, which):
+    server, mod, p = wrapped
+    first = ok(server.get(f"{p}-{which}/", params={"n": "7"}))
+    again = ok(server.get(f"{p}-{which}/", params={"n": "7"}))
+    assert first["n"] == again["n"] == "7"
+
+
+@pytest.mark.parametrize("which, result", [("plain-outer", {"wrapped": "outer"}), ("plain-inner", {"wrapped": "inner"})])
+def test_wrapper_without_functools_wraps_is_routable(wrapped, which, result):
+    server, mod, p = wrapped
+    r = server.get(f"{p}-{which}/")
+    assert ok(r) == result
+    key = next(iter(r.json()["response"]))
+    assert key == f"{mod}.{which.replace('-', '_')}"
+    assert server.dir()["imports"][mod].get("errors", []) == []
+
+
+@pytest.mark.parametrize(
+    "keyword, wanted",
+    [('methods="POST"', "method"), ('Method="POST"', "method"), ('api="$api"', "API"),
+     ('APIs="$api"', "API"), ('metod="POST"', "method")],
+)
+def test_misspelt_decorator_keyword_is_a_load_error(server, write_plugin, keyword, wanted):
+    mod, api = unique("typo"), api_name("typo")
+    write_plugin(
+        mod,
+        source(
+            """
+            from vyperlogix.decorators import expose
+
+            @expose.endpoint($keyword)
+            def ${mod}_fn(*args, **kwargs):
+                return "published"
+
+            @expose.endpoint(method="GET", API="$api-fine", owner="kept as metadata")
+            def fine(*args, **kwargs):
+                return "fine"
+            """,
+            keyword=source(keyword, api=api),
+            mod=mod,
+            api=api,
+        ),
+    )
+    error(server.get(f"{mod}_fn/"), 404, "api_undefined")
+    error(server.get(f"{api}/"), 404, "api_undefined")
+    assert ok(server.get(f"{api}-fine/")) == "fine"
+    errors = server.dir()["imports"][mod]["errors"]
+    assert len(errors) == 1 and f"did you mean `{wanted}=`" in errors[0], errors
+
+
+# --- Helpers (SPEC §2) -----------------------------------------------------------------------
+
+
+def test_helper_sorting_after_its_importer(server, write_plugin):
+    tag = uuid.uuid4().hex[:8]
+    importer, helper, api = f"a_calc_{tag}", f"z_mathutil_{tag}", api_name("calc")
+    write_plugin(helper, "FACTOR = 2\n\ndef times(x):\n    return x * FACTOR\n")
+    write_plugin(
+        importer,
+        source(
+            """
+            from vyperlogix.decorators import expose
+            import $helper
+
+            @expose.endpoint(method="GET", API="$api")
+            def calc(x="3"):
+                return {"result": $helper.times(int(x)), "file": $helper.__file__.endswith("$helper.py")}
+            """,
+            helper=helper,
+            api=api,
+        ),
+    )
+    assert ok(server.get(f"{api}/", params={"x": "5"})) == {"result": 10, "file": True}
+    write_plugin(helper, "FACTOR = 7\n\ndef times(x):\n    return x * FACTOR\n")
+    assert ok(server.get(f"{api}/", params={"x": "5"})) == {"result": 35, "file": True}

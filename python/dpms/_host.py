@@ -8,6 +8,7 @@ routing, arguments, JSON) is Rust.
 """
 
 import asyncio
+import difflib
 import importlib.abc
 import importlib.machinery
 import inspect
@@ -131,7 +132,9 @@ class _PluginFinder(importlib.abc.MetaPathFinder):
         if _loading:
             _imported.setdefault(_loading[-1], set()).add(fullname)
         filename = _plugin_files[fullname]
-        return importlib.machinery.ModuleSpec(fullname, _PluginLoader(filename), origin=filename)
+        spec = importlib.machinery.ModuleSpec(fullname, _PluginLoader(filename), origin=filename)
+        spec.has_location = True  # so the import system sets ``__file__`` from ``origin``
+        return spec
 
 
 class _PluginLoader(importlib.abc.Loader):
@@ -144,6 +147,7 @@ class _PluginLoader(importlib.abc.Loader):
     def exec_module(self, module):
         with open(self.filename, "rb") as f:
             source = f.read()
+        module.__file__ = self.filename
         _execute(module, source)
         if _batch is not None:
             _batch[module.__name__] = module
@@ -289,12 +293,67 @@ def _first_doc_line(obj):
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+def _wrapped_objects(obj, limit=32):
+    """``obj`` and what it wraps, nearest first: ``__wrapped__`` (``functools.wraps``,
+    ``lru_cache``), ``__func__``, ``functools.partial.func`` and the callables a closure holds
+    (a helper's decorator without ``functools.wraps``). Bounded, and safe against objects
+    whose attribute access raises."""
+    seen, queue, out = set(), [obj], []
+    while queue and len(out) < limit:
+        item = queue.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        out.append(item)
+        for attr in ("__wrapped__", "__func__", "func"):
+            try:
+                inner = getattr(item, attr, None)
+            except Exception:  # noqa: BLE001 - a hostile __getattr__
+                inner = None
+            if inner is not None and callable(inner):
+                queue.append(inner)
+        try:
+            cells = getattr(item, "__closure__", None) or ()
+        except Exception:  # noqa: BLE001
+            cells = ()
+        for cell in cells:
+            try:
+                inner = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if callable(inner) and not inspect.isclass(inner):
+                queue.append(inner)
+    return out
+
+
+def _decorated_here(module):
+    """The objects ``expose.endpoint`` decorated while ``module`` was executing, at module
+    level (not inside a class or a function), in order."""
+    registry = module.__dict__.get("__dpms_endpoints__")
+    if not isinstance(registry, list):
+        return []
+    found = []
+    for func in registry:
+        if inspect.isclass(func):
+            continue
+        qualname = getattr(func, "__qualname__", "")
+        if isinstance(qualname, str) and "." in qualname and "<locals>" not in qualname:
+            continue  # a class's method: never routable (SPEC §1); a wrapper's closure is
+        if all(f is not func for f in found):
+            found.append(func)
+    return found
+
+
 def _describe(module):
     """Everything the server needs from a module, as JSON plus the endpoint functions."""
     name = module.__name__
     public, endpoints, functions, errors = [], [], [], []
     deps = set(_imported.get(name, ()))
-    seen = set()
+    decorated = _decorated_here(module)
+    wanted = {id(f) for f in decorated}
+    #: id(decorated function) -> (attribute name, the object that attribute holds)
+    reached = {}
+    legacy = []
     for attr, obj in list(vars(module).items()):
         if isinstance(obj, types.ModuleType):
             if obj.__name__ in _plugin_files and obj.__name__ != name:
@@ -306,21 +365,52 @@ def _describe(module):
             continue
         if isinstance(owner, str) and owner != name and owner in _plugin_files:
             deps.add(owner)
-        if attr.startswith("__") or owner != name:
+        if attr.startswith("__") or inspect.isclass(obj):
+            if not attr.startswith("__") and owner == name:
+                public.append(attr)
             continue
-        if inspect.isclass(obj):
+        hit = None
+        if wanted and callable(obj):
+            hit = next((inner for inner in _wrapped_objects(obj) if id(inner) in wanted), None)
+        if hit is not None:
+            reached.setdefault(id(hit), (attr, obj))
             public.append(attr)
             continue
-        if not inspect.isfunction(obj):
+        if owner != name or not inspect.isfunction(obj):
             continue
         public.append(attr)
         marker = getattr(obj, "__dpms_endpoint__", None)
-        if not isinstance(marker, dict) or id(obj) in seen or obj.__name__.startswith("__"):
+        if isinstance(marker, dict) and "module" not in marker:
+            legacy.append((attr, obj, obj))  # decorated by an expose that does not record
+    targets = []
+    for func in decorated:
+        if id(func) in reached:
+            attr, obj = reached[id(func)]
+            targets.append((attr, obj, func))
+            continue
+        func_name = getattr(func, "__name__", "?")
+        if isinstance(func_name, str) and not func_name.startswith("__"):
+            errors.append(
+                f"{func_name}: decorated with expose.endpoint, but no module-level name holds it "
+                "(a decorator above it returned an object that does not keep it)"
+            )
+    seen = set()
+    for attr, obj, func in targets + legacy:
+        func_name = getattr(func, "__name__", attr)
+        qualname = getattr(func, "__qualname__", "")
+        if isinstance(qualname, str) and "<locals>" in qualname:
+            # Made by a factory (a wrapper without functools.wraps is named ``inner``): the
+            # module-level name is the one its author wrote.
+            func_name = attr
+        if not isinstance(func_name, str) or func_name.startswith("__") or id(obj) in seen:
+            continue
+        marker = getattr(func, "__dpms_endpoint__", None)
+        if not isinstance(marker, dict):
             continue
         seen.add(id(obj))
-        described = _describe_endpoint(obj, marker)
+        described = _describe_endpoint(obj, func, func_name, marker)
         if "error" in described:
-            errors.append(f"{obj.__name__}: {described['error']}")
+            errors.append(f"{func_name}: {described['error']}")
             continue
         described["index"] = len(functions)
         endpoints.append(described)
@@ -345,7 +435,36 @@ def _describe(module):
     return json.dumps(description, default=repr), functions, module
 
 
-def _describe_endpoint(func, marker):
+#: Keywords the decorator names itself; a near miss of one is an author's typo (SPEC §1).
+_DECORATOR_KEYWORDS = ("method", "API")
+
+
+def _misspelt_keyword(key):
+    """The decorator keyword ``key`` looks like a misspelling of, or ``None``."""
+    if not isinstance(key, str):
+        return None
+    lowered = key.lower()
+    for wanted in _DECORATOR_KEYWORDS:
+        if key == wanted:
+            return None
+        if lowered == wanted.lower() or lowered.rstrip("s") == wanted.lower():
+            return wanted
+        close = difflib.get_close_matches(lowered, [wanted.lower()], n=1, cutoff=0.8)
+        if close:
+            return wanted
+    return None
+
+
+def _describe_endpoint(target, func, func_name, marker):
+    """``target`` is what the server calls (the module attribute, perhaps a wrapper); ``func``
+    is the function the decorator saw (its name and docstring are the endpoint's)."""
+    meta = marker.get("meta") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    for key in meta:
+        wanted = _misspelt_keyword(key)
+        if wanted is not None:
+            return {"error": f"unknown keyword `{key}=` in expose.endpoint: did you mean `{wanted}=`?"}
     method = marker.get("method", "GET")
     if method is None:
         methods = ["GET"]
@@ -357,26 +476,25 @@ def _describe_endpoint(func, marker):
         return {"error": f"method must be a string or a list of strings, not {method!r}"}
     api = marker.get("API")
     if api is None:
-        api = func.__name__
+        api = func_name
     if not isinstance(api, str):
         return {"error": f"API must be a string, not {api!r}"}
     try:
-        signature = inspect.signature(func)
+        signature = inspect.signature(target)
     except (TypeError, ValueError) as exc:
         return {"error": f"its signature cannot be read: {exc}"}
     params = [
         {"name": p.name, "kind": _KINDS[p.kind], "has_default": p.default is not inspect.Parameter.empty}
         for p in signature.parameters.values()
     ]
-    meta = marker.get("meta") or {}
     return {
-        "func": func.__name__,
+        "func": func_name,
         "api": api,
         "methods": methods,
         "doc": _first_doc_line(func),
         "signature": str(signature),
         "params": params,
-        "meta": meta if isinstance(meta, dict) else {},
+        "meta": meta,
     }
 
 
