@@ -12,7 +12,28 @@ from dpms_helpers import JSON_CT, SAMPLE_PLUGINS, describe, error, ok, source, u
 CONVERT_SRC = """
 import datetime
 import decimal
+import enum
+import itertools
 from dpms import expose
+
+
+class Color(enum.Enum):
+    RED = "red"
+    PAIR = (1, 2)
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def gen():
+    yield 1
+    yield {"two": 2}
+
+
+def broken_gen():
+    yield 1
+    raise ValueError("gen broke")
 
 
 class WithToJSON:
@@ -123,6 +144,22 @@ CASES = {
     "too_deep": lambda: nested(300),
     "too_deep_dict": lambda: nested_dict(300),
     "very_deep": lambda: nested(200000),
+    "enum": lambda: Color.RED,
+    "enum_tuple": lambda: Color.PAIR,
+    "int_enum": lambda: Level.HIGH,
+    "enum_in_dict": lambda: {"c": Color.RED, "l": [Level.HIGH]},
+    "generator": gen,
+    "genexpr": lambda: (i * i for i in range(4)),
+    "range": lambda: range(2, 5),
+    "iterator": lambda: iter([3, 2, 1]),
+    "map": lambda: map(str, [1, 2]),
+    "timedelta": lambda: datetime.timedelta(minutes=1, seconds=30),
+    "timedelta_days": lambda: datetime.timedelta(days=2, hours=3),
+    "timedelta_frac": lambda: datetime.timedelta(seconds=1.5),
+    "timedelta_zero": lambda: datetime.timedelta(),
+    "timedelta_neg": lambda: datetime.timedelta(seconds=-0.5),
+    "endless": lambda: itertools.count(),
+    "broken_gen": broken_gen,
 }
 
 
@@ -195,6 +232,20 @@ CONVERSIONS = [
     ("nested_ok", nested(100)),
     ("nested_dict_ok", nested_dict(100)),
     ("shared_not_cycle", [[1, 2], [1, 2], {"a": [1, 2]}]),
+    ("enum", "red"),
+    ("enum_tuple", [1, 2]),
+    ("int_enum", 3),
+    ("enum_in_dict", {"c": "red", "l": [3]}),
+    ("generator", [1, {"two": 2}]),
+    ("genexpr", [0, 1, 4, 9]),
+    ("range", [2, 3, 4]),
+    ("iterator", [3, 2, 1]),
+    ("map", ["1", "2"]),
+    ("timedelta", "PT1M30S"),
+    ("timedelta_days", "P2DT3H"),
+    ("timedelta_frac", "PT1.5S"),
+    ("timedelta_zero", "PT0S"),
+    ("timedelta_neg", "-PT0.5S"),
 ]
 
 
@@ -227,6 +278,8 @@ def test_result_conversion(conv, case, expected):
         ("too_deep", "list"),
         ("too_deep_dict", "dict"),
         ("very_deep", "list"),
+        ("endless", "count"),
+        ("broken_gen", "generator"),
     ],
 )
 def test_unserializable_results(conv, case, type_name):

@@ -7,14 +7,18 @@ use base64::Engine as _;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyBool, PyByteArray, PyBytes, PyDate, PyDateTime, PyDict, PyFloat, PyFrozenSet, PyInt, PyList,
-    PySet, PyString, PyTime, PyTuple, PyType,
+    PyBool, PyByteArray, PyBytes, PyDate, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat,
+    PyFrozenSet, PyInt, PyIterator, PyList, PyRange, PySet, PyString, PyTime, PyTuple, PyType,
 };
 use pyo3::{intern, IntoPyObjectExt};
 use serde_json::Value;
 
 /// Deepest nesting a result may have (SPEC §6).
 pub const MAX_DEPTH: usize = 256;
+
+/// Most items taken from a generator or iterator result: an endless one is an error, not a
+/// response that grows until memory runs out.
+pub const MAX_ITERATED: usize = 1_000_000;
 
 /// Converts a JSON value into a Python object (integers of any size stay exact).
 pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
@@ -48,6 +52,48 @@ pub fn write_json(
 fn decimal_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
     static DECIMAL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     DECIMAL.import(py, "decimal", "Decimal").ok()
+}
+
+fn enum_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
+    static ENUM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    ENUM.import(py, "enum", "Enum").ok()
+}
+
+/// A `timedelta` as an ISO 8601 duration (`PT1M30S`, `P2DT3H`, `-PT0.5S`, `PT0S`), from its
+/// normalised parts (`seconds` in 0..86400, `micros` in 0..1_000_000, `days` signed).
+pub fn iso_duration(days: i64, seconds: i64, micros: i64) -> String {
+    let total = (days as i128 * 86_400 + seconds as i128) * 1_000_000 + micros as i128;
+    let sign = if total < 0 { "-" } else { "" };
+    let total = total.unsigned_abs();
+    let (whole, frac) = (total / 1_000_000, total % 1_000_000);
+    let (d, h, m, sec) = (
+        whole / 86_400,
+        whole % 86_400 / 3600,
+        whole % 3600 / 60,
+        whole % 60,
+    );
+    let mut out = format!("{sign}P");
+    if d > 0 {
+        out.push_str(&format!("{d}D"));
+    }
+    if h > 0 || m > 0 || sec > 0 || frac > 0 || d == 0 {
+        out.push('T');
+        if h > 0 {
+            out.push_str(&format!("{h}H"));
+        }
+        if m > 0 {
+            out.push_str(&format!("{m}M"));
+        }
+        if sec > 0 || frac > 0 || (h == 0 && m == 0) {
+            if frac > 0 {
+                let digits = format!("{frac:06}");
+                out.push_str(&format!("{sec}.{}S", digits.trim_end_matches('0')));
+            } else {
+                out.push_str(&format!("{sec}S"));
+            }
+        }
+    }
+    out
 }
 
 struct Walker<'a, 'py> {
@@ -112,6 +158,24 @@ impl<'py> Walker<'_, 'py> {
                 .call_method0(intern!(self.py, "isoformat"))
                 .map_err(|e| self.fail(obj, &e.to_string()))?;
             return self.string(&iso);
+        }
+        if let Ok(delta) = obj.cast::<PyDelta>() {
+            let iso = iso_duration(
+                i64::from(delta.get_days()),
+                i64::from(delta.get_seconds()),
+                i64::from(delta.get_microseconds()),
+            );
+            self.str_slice(&iso);
+            return Ok(());
+        }
+        if enum_type(self.py).is_some_and(|t| obj.is_instance(t).unwrap_or(false)) {
+            let value = obj
+                .getattr(intern!(self.py, "value"))
+                .map_err(|e| self.fail(obj, &e.to_string()))?;
+            return self.container(obj, |w| w.value(&value));
+        }
+        if obj.is_instance_of::<PyRange>() || obj.is_instance_of::<PyIterator>() {
+            return self.container(obj, |w| w.iterated(obj));
         }
         if decimal_type(self.py).is_some_and(|t| obj.is_instance(t).unwrap_or(false)) {
             let s = obj.str().map_err(|e| self.fail(obj, &e.to_string()))?;
@@ -181,6 +245,24 @@ impl<'py> Walker<'_, 'py> {
                 self.out.push(b',');
             }
             first = false;
+            self.value(&item)?;
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+
+    /// A generator, iterator or `range`, as a list of at most [`MAX_ITERATED`] items.
+    fn iterated(&mut self, obj: &Bound<'py, PyAny>) -> Result<(), Unserializable> {
+        self.out.push(b'[');
+        let iter = obj.try_iter().map_err(|e| self.fail(obj, &e.to_string()))?;
+        for (n, item) in iter.enumerate() {
+            if n >= MAX_ITERATED {
+                return Err(self.fail(obj, &format!("it yields more than {MAX_ITERATED} items")));
+            }
+            let item = item.map_err(|e| self.fail(obj, &format!("iterating it raised {e}")))?;
+            if n > 0 {
+                self.out.push(b',');
+            }
             self.value(&item)?;
         }
         self.out.push(b']');
@@ -304,5 +386,24 @@ impl<'py> Walker<'_, 'py> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "?".into());
         Unserializable(format!("a `{type_name}` value cannot be converted: {why}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso_duration;
+
+    #[test]
+    fn iso_durations() {
+        assert_eq!(iso_duration(0, 90, 0), "PT1M30S");
+        assert_eq!(iso_duration(0, 0, 0), "PT0S");
+        assert_eq!(iso_duration(2, 3 * 3600, 0), "P2DT3H");
+        assert_eq!(iso_duration(1, 0, 0), "P1D");
+        assert_eq!(iso_duration(0, 1, 500_000), "PT1.5S");
+        assert_eq!(iso_duration(0, 0, 250), "PT0.00025S");
+        // timedelta(seconds=-0.5) is days=-1, seconds=86399, microseconds=500000
+        assert_eq!(iso_duration(-1, 86_399, 500_000), "-PT0.5S");
+        assert_eq!(iso_duration(-1, 0, 0), "-P1D");
+        assert_eq!(iso_duration(0, 3661, 0), "PT1H1M1S");
     }
 }
