@@ -249,3 +249,29 @@ def test_helper_sorting_after_its_importer(server, write_plugin):
     assert ok(server.get(f"{api}/", params={"x": "5"})) == {"result": 10, "file": True}
     write_plugin(helper, "FACTOR = 7\n\ndef times(x):\n    return x * FACTOR\n")
     assert ok(server.get(f"{api}/", params={"x": "5"})) == {"result": 35, "file": True}
+
+
+def test_dotted_stdlib_stem_is_refused(server, write_plugin):
+    api = api_name("urlopen")
+    write_plugin("http.client", "raise RuntimeError('must never run')\n")
+    mod = unique("useurllib")
+    write_plugin(
+        mod,
+        source(
+            """
+            import urllib.request
+            from vyperlogix.decorators import expose
+
+            @expose.endpoint(method="GET", API="$api")
+            def use(*args, **kwargs):
+                return urllib.request.Request("http://127.0.0.1/").get_method()
+            """,
+            api=api,
+        ),
+    )
+    try:
+        assert ok(server.get(f"{api}/")) == "GET"
+        entry = server.dir()["imports"]["http.client.py"]
+        assert entry["status"] == "error" and "standard-library" in entry["error"], entry
+    finally:
+        write_plugin.delete("http.client")

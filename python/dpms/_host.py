@@ -257,6 +257,10 @@ def load_batch(requests):
 def _refusal(name):
     if name in sys.stdlib_module_names:
         return f"`{name}` is the name of a standard-library module; rename the file"
+    first = name.split(".", 1)[0]
+    if first != name and first in sys.stdlib_module_names:
+        # `http.client.py` would be found as the submodule `http.client` and break `urllib`.
+        return f"`{name}` begins with `{first}.`, a standard-library package; rename the file"
     if name in sys.modules and name not in _ours:
         return f"`{name}` is the name of a module already imported (e.g. by dpms itself); rename the file"
     if name.startswith("__"):
