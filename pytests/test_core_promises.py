@@ -275,3 +275,64 @@ def test_dotted_stdlib_stem_is_refused(server, write_plugin):
         assert entry["status"] == "error" and "standard-library" in entry["error"], entry
     finally:
         write_plugin.delete("http.client")
+
+
+# --- dpms owns the framing (SPEC §6) ---------------------------------------------------------
+
+FRAMING_SRC = """
+from dpms import Response, expose
+
+@expose.endpoint(method="GET", API="$api")
+def framed(case):
+    if case == "length":
+        return Response("h\\u00e9llo", headers={"Content-Length": "5", "Transfer-Encoding": "gzip", "Connection": "close"})
+    if case == "cookies":
+        return Response("ok", headers=[("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    if case == "s101":
+        return Response("up", status=101, headers={"Upgrade": "websocket"})
+    if case == "s100":
+        return Response("c", status=100)
+    if case == "s204":
+        return Response("ignored body", status=204)
+    if case == "crlf":
+        return Response("x", headers={"X-Bad": "a\\r\\nX-Injected: 1"})
+"""
+
+
+@pytest.fixture(scope="module")
+def framing(server, write_module_plugin):
+    api = api_name("framing")
+    write_module_plugin(unique("framing"), source(FRAMING_SRC, api=api))
+    return server, api
+
+
+def test_plugin_framing_headers_are_ignored(framing):
+    server, api = framing
+    with requests.Session() as s:  # one kept-alive connection: a wrong length would desync it
+        for _ in range(3):
+            r = s.get(f"{server.base}/{api}/", params={"case": "length"}, timeout=TIMEOUT)
+            assert r.status_code == 200 and r.text == "h\u00e9llo"
+            assert r.headers["Content-Length"] == str(len("h\u00e9llo".encode()))
+            assert "Transfer-Encoding" not in r.headers
+            assert r.headers.get("Connection") != "close"
+
+
+def test_two_set_cookie_headers(framing):
+    server, api = framing
+    r = server.raw("GET", f"/rest/services/{api}/?case=cookies")
+    assert r.status_code == 200
+    assert r.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
+
+
+@pytest.mark.parametrize("case", ["s101", "s100", "crlf"])
+def test_bad_status_or_header_is_plugin_error(framing, case):
+    server, api = framing
+    body = error(server.get(f"{api}/", params={"case": case}), 500, "plugin_error", extra=("exception",))
+    assert "dpms.Response" in body["exception"]
+
+
+def test_204_has_no_body(framing):
+    server, api = framing
+    r = server.raw("GET", f"/rest/services/{api}/?case=s204")
+    assert r.status_code == 204 and r.content == b""
+    assert r.headers.get("Content-Type") is None

@@ -56,3 +56,41 @@ pub fn set_header(resp: &mut Response<Body>, name: HeaderName, value: &str) {
         resp.headers_mut().insert(name, v);
     }
 }
+
+/// Headers that frame the message on the wire: dpms sets them, a plugin's are ignored
+/// (SPEC §6), so a plugin cannot desynchronise a kept-alive connection.
+pub fn is_framing_header(name: &HeaderName) -> bool {
+    use hyper::header::{CONNECTION, CONTENT_LENGTH, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+    [
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+        UPGRADE,
+        TRAILER,
+        TE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_headers() {
+        for name in [
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "Keep-Alive",
+            "upgrade",
+            "trailer",
+        ] {
+            let h = HeaderName::try_from(name).map_err(|e| e.to_string());
+            assert_eq!(h.map(|h| is_framing_header(&h)), Ok(true), "{name}");
+        }
+        let h = HeaderName::from_static("set-cookie");
+        assert!(!is_framing_header(&h));
+    }
+}

@@ -423,16 +423,28 @@ async fn call(
             content_type,
             body,
         }) => {
-            let mut resp = Response::new(http_body_util::Full::new(Bytes::from(body)));
-            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            // 204 and 304 carry no body and no content type (RFC 9110 §15.3.5, §15.4.5).
+            let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+            let body = if bodiless {
+                Bytes::new()
+            } else {
+                Bytes::from(body)
+            };
+            let mut resp = Response::new(http_body_util::Full::new(body));
+            *resp.status_mut() = status;
             for (k, v) in headers {
-                if let (Ok(k), Ok(v)) =
-                    (HeaderName::try_from(k.as_str()), HeaderValue::from_str(&v))
-                {
-                    resp.headers_mut().append(k, v);
+                if response::is_framing_header(&k) {
+                    framing_ignored(&endpoint.label, &k);
+                    continue;
                 }
+                resp.headers_mut().append(k, v);
             }
-            response::set_header(&mut resp, CONTENT_TYPE, &content_type);
+            if !bodiless {
+                response::set_header(&mut resp, CONTENT_TYPE, &content_type);
+            } else {
+                resp.headers_mut().remove(CONTENT_TYPE);
+            }
             Ok(resp)
         }
         Err(CallFailure::Raised {
@@ -459,6 +471,24 @@ async fn call(
             secs: config.max_function_time.as_secs_f64(),
         }),
         Err(CallFailure::Internal(detail)) => Err(ApiError::Internal(detail)),
+    }
+}
+
+/// Logs, once per endpoint and header name, that a plugin's framing header was dropped.
+fn framing_ignored(endpoint: &str, header: &HeaderName) {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    const MAX_REMEMBERED: usize = 10_000;
+    let key = format!("{endpoint} {header}");
+    let first = match SEEN.lock() {
+        Ok(mut seen) => {
+            let seen = seen.get_or_insert_with(Default::default);
+            seen.len() < MAX_REMEMBERED && seen.insert(key)
+        }
+        Err(_) => false,
+    };
+    if first {
+        tracing::warn!(endpoint, header = %header, "dpms.Response sets a framing header, which dpms owns: ignored");
     }
 }
 

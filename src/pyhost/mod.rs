@@ -99,7 +99,8 @@ pub enum Outcome {
     /// A `dpms.Response`, sent as is.
     Custom {
         status: u16,
-        headers: Vec<(String, String)>,
+        /// Valid names and values, in the plugin's order (two `Set-Cookie`s stay two).
+        headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
         content_type: String,
         body: Vec<u8>,
     },

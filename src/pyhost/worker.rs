@@ -250,32 +250,63 @@ fn outcome(py: Python<'_>, value: &Bound<'_, PyAny>, prefix: &[u8]) -> CallResul
     Ok(Outcome::Json(out))
 }
 
-/// A `dpms.Response`: status, headers and body as the plugin chose them.
+/// A `dpms.Response`: status, headers and body as the plugin chose them. dpms owns the
+/// framing (SPEC §6): a status outside 200–599 or a header that is not valid is the plugin's
+/// error, never a bare or mis-framed answer.
 fn custom_response(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
-    let bad = |what: &str| CallFailure::Unserializable(format!("dpms.Response {what}"));
+    let bad = |what: String| CallFailure::Raised {
+        exception: format!("ValueError: dpms.Response {what}"),
+        traceback: String::new(),
+    };
     let status: u16 = value
         .getattr(intern!(py, "status"))
         .and_then(|s| s.extract())
-        .map_err(|_| bad("status must be an integer from 100 to 599"))?;
-    if !(100..=599).contains(&status) {
-        return Err(bad("status must be an integer from 100 to 599"));
+        .map_err(|_| bad("status must be an integer from 200 to 599".into()))?;
+    if !(200..=599).contains(&status) {
+        return Err(bad(format!(
+            "status {status} is outside 200-599 (1xx answers are the server's own)"
+        )));
     }
     let mut headers = Vec::new();
     if let Ok(h) = value.getattr(intern!(py, "headers")) {
-        if let Ok(d) = h.cast::<PyDict>() {
-            for (k, v) in d.iter() {
-                let k = k
-                    .str()
-                    .map_err(|_| bad("header names must be strings"))?
-                    .to_string_lossy()
-                    .into_owned();
-                let v = v
-                    .str()
-                    .map_err(|_| bad("header values must be strings"))?
-                    .to_string_lossy()
-                    .into_owned();
-                headers.push((k, v));
+        let pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = if h.is_none() {
+            Vec::new()
+        } else if let Ok(d) = h.cast::<PyDict>() {
+            d.iter().collect()
+        } else {
+            let iter = h.try_iter().map_err(|_| {
+                bad("headers must be a mapping or a list of (name, value) pairs".into())
+            })?;
+            let mut pairs = Vec::new();
+            for item in iter {
+                let pair = item
+                    .and_then(|i| i.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>())
+                    .map_err(|_| {
+                        bad("headers must be a mapping or a list of (name, value) pairs".into())
+                    })?;
+                pairs.push(pair);
             }
+            pairs
+        };
+        for (k, v) in pairs {
+            let k = k
+                .str()
+                .map_err(|_| bad("header names must be strings".into()))?
+                .to_string_lossy()
+                .into_owned();
+            let v = v
+                .str()
+                .map_err(|_| bad("header values must be strings".into()))?
+                .to_string_lossy()
+                .into_owned();
+            let name = hyper::header::HeaderName::try_from(k.as_str())
+                .map_err(|_| bad(format!("header name {k:?} is not a valid header name")))?;
+            let value = hyper::header::HeaderValue::from_str(&v).map_err(|_| {
+                bad(format!(
+                    "header {k:?} has a value that is not valid (control characters such as CR/LF)"
+                ))
+            })?;
+            headers.push((name, value));
         }
     }
     let content_type: Option<String> = value
@@ -284,7 +315,7 @@ fn custom_response(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
         .and_then(|c| c.extract().ok());
     let body = value
         .getattr(intern!(py, "body"))
-        .map_err(|_| bad("has no body"))?;
+        .map_err(|_| bad("has no body".into()))?;
     let (body, default_type) = if body.is_none() {
         (Vec::new(), "application/json; charset=utf-8")
     } else if let Ok(s) = body.cast::<PyString>() {
