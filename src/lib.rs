@@ -4,6 +4,7 @@
 //! - [`config`]: every setting, read from defaults, `.env`, the environment and flags.
 //! - [`telemetry`]: the log subscriber.
 //! - [`supervisor`]: `dpms serve`: the listener and the worker processes kept alive.
+//! - [`state_dir`]: the supervisor's private shared state folder, stale ones removed.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
@@ -24,6 +25,7 @@ pub mod response;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod state_dir;
 pub mod supervisor;
 pub mod telemetry;
 

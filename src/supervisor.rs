@@ -72,9 +72,13 @@ pub fn run(
     announce: impl FnOnce() + Send + 'static,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the dpms binary: {e}"))?;
-    let state = std::env::temp_dir().join(format!("dpms-{}", std::process::id()));
-    std::fs::create_dir_all(&state)
-        .map_err(|e| format!("cannot create `{}`: {e}", state.display()))?;
+    let parent = std::env::temp_dir();
+    let state = crate::state_dir::create(&parent).map_err(|e| {
+        format!(
+            "cannot create a state folder in `{}`: {e}",
+            parent.display()
+        )
+    })?;
     let (ready_reader, ready_writer) =
         std::io::pipe().map_err(|e| format!("cannot create the readiness pipe: {e}"))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Notice>();
