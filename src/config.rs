@@ -228,8 +228,8 @@ pub enum ConfigError {
     },
     #[error("`.env` line {line}: cannot parse `{text}` (quote values with spaces; use single quotes for values containing `$` or `\"`)")]
     EnvFile { line: usize, text: String },
-    #[error("the default plugin folder `{path}` does not exist: create it, or name your plugin folders in `plugins` (e.g. `plugins=./services`)")]
-    NoPluginFolder { path: String },
+    #[error("the default plugin folder `{name}` ({path}) does not exist: create it, or name your plugin folders in `plugins` (e.g. `plugins=./services`)")]
+    NoPluginFolder { name: String, path: String },
     #[error("MULTI_TENANT=True, but this release of dpms has no tenancy yet: refusing to start rather than run every caller as admin (set MULTI_TENANT=False, or leave it out)")]
     TenancyUnavailable,
     #[error("cannot read `{path}`: {source}")]
@@ -390,31 +390,36 @@ impl Sources {
                     .unwrap_or_else(|| "./plugins".into()),
             ),
         };
-        let mut plugin_dirs = Vec::new();
+        let mut plugin_dirs: Vec<PathBuf> = Vec::new();
+        let mut seen: Vec<PathBuf> = Vec::new();
         for part in plugins_raw
             .split(':')
             .map(str::trim)
             .filter(|p| !p.is_empty())
         {
-            let dir = workdir.join(part);
-            if !dir.is_dir() && plugins_key == "DPMS_PLUGINS" && self.get("DPMS_PLUGINS").is_none()
-            {
-                return Err(ConfigError::NoPluginFolder {
-                    path: dir.display().to_string(),
-                });
-            }
+            // Kept as written (absolute, `.` removed), never resolved: a folder that is a
+            // symlink re-pointed at another release, or a folder deleted and re-created, is
+            // found again by its name (SPEC §2).
+            let dir: PathBuf = workdir.join(part).components().collect();
             if !dir.is_dir() {
+                if plugins_key == "DPMS_PLUGINS" && self.get("DPMS_PLUGINS").is_none() {
+                    return Err(ConfigError::NoPluginFolder {
+                        name: part.to_string(),
+                        path: dir.display().to_string(),
+                    });
+                }
                 return Err(invalid(
                     plugins_key,
                     &plugins_raw,
                     &format!("plugin folder `{part}` does not exist"),
                 ));
             }
-            let dir = dir.canonicalize().map_err(|source| ConfigError::Read {
+            let real = dir.canonicalize().map_err(|source| ConfigError::Read {
                 path: dir.clone(),
                 source,
             })?;
-            if !plugin_dirs.contains(&dir) {
+            if !seen.contains(&real) {
+                seen.push(real);
                 plugin_dirs.push(dir);
             }
         }

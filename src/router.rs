@@ -345,6 +345,23 @@ impl RouteTable {
             .filter(move |(mi, _)| module.is_none_or(|m| m == *mi))
     }
 
+    /// The plugin modules a call to `segs` can run code from (each candidate module and what
+    /// it imported), or `None` when the path is not a call this table answers (`__dir__`, an
+    /// unknown name): a request that needs nothing else can be served from this table while
+    /// other modules reload.
+    pub fn serving(&self, segs: &[String]) -> Option<Vec<String>> {
+        let Ok(Located::Api { api, module, .. }) = self.locate(segs) else {
+            return None;
+        };
+        let mut needs: Vec<String> = Vec::new();
+        for (mi, _) in self.candidates(&api, module) {
+            let m = &self.modules[mi];
+            needs.push(m.name.clone());
+            needs.extend(m.deps.iter().cloned());
+        }
+        (!needs.is_empty()).then_some(needs)
+    }
+
     /// Every method `api` answers to (for `Allow`).
     pub fn allowed(&self, api: &str, module: Option<usize>) -> MethodSet {
         self.candidates(api, module)

@@ -270,7 +270,7 @@ fn index(verb: Verb) -> Result<Routed, ApiError> {
 /// Locates the path in a fresh snapshot. An unknown name is checked once more against the
 /// files on disk (a plugin fixed or extended just before this request must be seen).
 async fn locate(app: &App, segs: &[String]) -> Result<(Arc<Snapshot>, Located), ApiError> {
-    let snap = app.registry.snapshot().await;
+    let snap = app.registry.snapshot_for(|s| s.table.serving(segs)).await;
     let located = snap.table.locate(segs);
     let recheck = app.registry.reload_mode() != ReloadMode::Never
         && (located.is_err() || matches!(located, Ok(Located::Dir(_))));

@@ -19,6 +19,9 @@ import threading
 import traceback
 import types
 
+_os_path = os.path
+_open = open
+
 #: Rust callbacks (``log(stream, line)``), set by :func:`setup`.
 _native = None
 #: Plugin file stem -> path, as found by the server's own folder scan.
@@ -123,18 +126,63 @@ class _LogStream:
 
 
 class _PluginFinder(importlib.abc.MetaPathFinder):
-    """Finds sibling plugin modules by the server's own scan (the standard ``FileFinder`` caches
-    directory listings and would miss new files) and loads them from source."""
+    """Finds sibling plugin modules and the packages of the plugin folders by the server's own
+    scan (the standard ``FileFinder`` caches directory listings and would miss new files) and
+    loads them from source. Nothing in a plugin folder is imported any other way (see
+    :class:`_NothingHere`), so a helper deleted and re-created is always the new file."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if path is not None or fullname not in _plugin_files:
+        top = fullname.partition(".")[0]
+        filename = _plugin_files.get(top)
+        if filename is None:
             return None
         if _loading:
-            _imported.setdefault(_loading[-1], set()).add(fullname)
-        filename = _plugin_files[fullname]
-        spec = importlib.machinery.ModuleSpec(fullname, _PluginLoader(filename), origin=filename)
-        spec.has_location = True  # so the import system sets ``__file__`` from ``origin``
-        return spec
+            _imported.setdefault(_loading[-1], set()).add(top)
+        package_dir = _package_dir(filename)
+        if fullname == top:
+            if package_dir is None:
+                if path is not None:
+                    return None
+                return _spec(fullname, filename, None)
+            return _spec(fullname, filename, package_dir)
+        if package_dir is None:
+            return None
+        base = _os_path.join(package_dir, *fullname.split(".")[1:])
+        init = _os_path.join(base, "__init__.py")
+        if _os_path.isfile(init):
+            return _spec(fullname, init, base)
+        if _os_path.isfile(base + ".py"):
+            return _spec(fullname, base + ".py", None)
+        return None
+
+
+class _NothingHere:
+    """The path-entry finder of a plugin folder: finds nothing, so that nothing in a plugin
+    folder is imported behind dpms's back (a helper created after the last scan, a package's
+    stale ``.pyc``)."""
+
+    def find_spec(self, fullname, target=None):
+        return None
+
+    def invalidate_caches(self):
+        pass
+
+
+def _package_dir(filename):
+    """The package folder when ``filename`` is a package's ``__init__.py``."""
+    if _os_path.basename(filename) == "__init__.py":
+        return _os_path.dirname(filename)
+    return None
+
+
+def _spec(fullname, filename, package_dir):
+    spec = importlib.machinery.ModuleSpec(
+        fullname, _PluginLoader(filename), origin=filename, is_package=package_dir is not None
+    )
+    if package_dir is not None:
+        spec.submodule_search_locations = [package_dir]
+    spec.has_location = True  # so the import system sets ``__file__`` from ``origin``
+    return spec
 
 
 class _PluginLoader(importlib.abc.Loader):
@@ -145,7 +193,7 @@ class _PluginLoader(importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        with open(self.filename, "rb") as f:
+        with _open(self.filename, "rb") as f:
             source = f.read()
         module.__file__ = self.filename
         _execute(module, source)
@@ -167,6 +215,10 @@ def setup(native, plugin_dirs, extra_paths, extra_env=()):
     for folder in list(plugin_dirs) + list(extra_paths):
         if folder not in sys.path:
             sys.path.append(folder)
+    # The plugin folders are on ``sys.path`` (SPEC §1), but the standard ``FileFinder`` never
+    # looks in them: the finder below serves what dpms's scan found there, nothing else.
+    for folder in plugin_dirs:
+        sys.path_importer_cache[folder] = _NothingHere()
     sys.meta_path.insert(0, _PluginFinder())
     _loop = asyncio.new_event_loop()
     threading.Thread(target=_loop.run_forever, name="dpms-asyncio", daemon=True).start()
@@ -224,11 +276,12 @@ def set_files(files):
 
 
 def forget(name):
-    """Drops a module whose file is gone."""
-    if name in _ours:
-        sys.modules.pop(name, None)
-        _ours.discard(name)
-        _imported.pop(name, None)
+    """Drops a module whose file is gone, or a package (with its submodules) that changed."""
+    prefix = name + "."
+    for mod in [m for m in _ours if m == name or m.startswith(prefix)]:
+        sys.modules.pop(mod, None)
+        _ours.discard(mod)
+        _imported.pop(mod, None)
 
 
 def load_batch(requests):
@@ -360,15 +413,17 @@ def _describe(module):
     legacy = []
     for attr, obj in list(vars(module).items()):
         if isinstance(obj, types.ModuleType):
-            if obj.__name__ in _plugin_files and obj.__name__ != name:
-                deps.add(obj.__name__)
+            top = obj.__name__.partition(".")[0] if isinstance(obj.__name__, str) else None
+            if top in _plugin_files and top != name:
+                deps.add(top)
             continue
         try:
             owner = getattr(obj, "__module__", None)
         except Exception:  # noqa: BLE001 - a hostile __getattr__
             continue
-        if isinstance(owner, str) and owner != name and owner in _plugin_files:
-            deps.add(owner)
+        if isinstance(owner, str) and owner.partition(".")[0] in _plugin_files:
+            if owner.partition(".")[0] != name:
+                deps.add(owner.partition(".")[0])
         if attr.startswith("__") or inspect.isclass(obj):
             if not attr.startswith("__") and owner == name:
                 public.append(attr)

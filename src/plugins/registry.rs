@@ -15,7 +15,9 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::watcher::{ChangeQueue, Changes, DirState, FileState, FolderWatcher};
+use super::watcher::{
+    package_files, package_key, ChangeQueue, Changes, DirState, FileState, FolderWatcher, WatchPlan,
+};
 use crate::config::{Config, ReloadMode};
 use crate::marshal::Signature;
 use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost, Schedule};
@@ -29,11 +31,50 @@ struct TrackedFile {
     state: Arc<FileState>,
 }
 
+/// A package folder inside a plugin folder: what plugins import from it, file by file.
+#[derive(Debug, Clone)]
+struct TrackedPackage {
+    name: String,
+    dir: PathBuf,
+    folders: Vec<PathBuf>,
+    files: Vec<(PathBuf, Arc<FileState>)>,
+}
+
+impl TrackedPackage {
+    fn read(name: &str, dir: &std::path::Path) -> TrackedPackage {
+        let (paths, folders) = package_files(dir);
+        TrackedPackage {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            folders,
+            files: paths
+                .into_iter()
+                .filter_map(|p| FileState::read(&p).ok().map(|s| (p, Arc::new(s))))
+                .collect(),
+        }
+    }
+
+    /// Whether the package holds the same files with the same content.
+    fn is_current(&self) -> bool {
+        let (paths, _) = package_files(&self.dir);
+        paths.len() == self.files.len()
+            && paths
+                .iter()
+                .zip(&self.files)
+                .all(|(p, (q, state))| p == q && state.is_current(p))
+    }
+
+    fn init(&self) -> String {
+        self.dir.join("__init__.py").display().to_string()
+    }
+}
+
 /// Everything one request needs to route, consistent with itself.
 pub struct Snapshot {
     pub table: RouteTable,
     dirs: Vec<DirState>,
     files: Vec<TrackedFile>,
+    packages: Vec<TrackedPackage>,
 }
 
 impl Snapshot {
@@ -42,6 +83,26 @@ impl Snapshot {
             table: RouteTable::default(),
             dirs: Vec::new(),
             files: Vec::new(),
+            packages: Vec::new(),
+        }
+    }
+
+    /// What the Python finder may import from the plugin folders: stem → file (a package's
+    /// `__init__.py`).
+    fn finder_map(files: &[TrackedFile], packages: &[TrackedPackage]) -> Vec<(String, String)> {
+        files
+            .iter()
+            .map(|f| (f.stem.clone(), f.path.display().to_string()))
+            .chain(packages.iter().map(|p| (p.name.clone(), p.init())))
+            .collect()
+    }
+
+    /// Whether `key` (a file name `x.py` or a package key `pkg/`) is one this snapshot has.
+    fn knows(&self, key: &str) -> bool {
+        match (key.strip_suffix(".py"), key.strip_suffix('/')) {
+            (Some(stem), _) => self.files.iter().any(|f| f.stem == stem),
+            (_, Some(name)) => self.packages.iter().any(|p| p.name == name),
+            _ => false,
         }
     }
 
@@ -60,12 +121,17 @@ impl Snapshot {
         if !module.file.is_current(&module.path) {
             return false;
         }
-        module.deps.iter().all(|dep| {
-            self.files
-                .iter()
-                .find(|f| &f.stem == dep)
-                .is_some_and(|f| f.state.is_current(&f.path))
-        })
+        module
+            .deps
+            .iter()
+            .all(|dep| match self.files.iter().find(|f| &f.stem == dep) {
+                Some(f) => f.state.is_current(&f.path),
+                None => self
+                    .packages
+                    .iter()
+                    .find(|p| &p.name == dep)
+                    .is_some_and(TrackedPackage::is_current),
+            })
     }
 }
 
@@ -77,15 +143,30 @@ pub struct Registry {
     reload_lock: tokio::sync::Mutex<()>,
     /// Set by the watcher; cleared when a sync starts.
     dirty: Arc<AtomicBool>,
-    watcher: std::sync::Mutex<Option<FolderWatcher>>,
+    /// The background watcher and what it watches; rebuilt when the folders are replaced.
+    watcher: std::sync::Mutex<Option<(FolderWatcher, WatchPlan)>>,
+    /// Pokes the background reload task; `None` when reloading is off.
+    wake: Option<tokio::sync::mpsc::Sender<()>>,
     /// The exact request-path check; `None` falls back to `stat` checks.
     queue: Option<ChangeQueue>,
+    /// Changes drained from the queue that no reload has taken yet. Every drain lands here
+    /// first, so a request deciding whether it may skip a reload sees all of them.
+    unprocessed: std::sync::Mutex<Changes>,
+    /// What the reload under way is doing.
+    load_state: tokio::sync::watch::Sender<LoadState>,
     last_good: LastGood,
 }
 
 impl Registry {
     /// Loads every plugin and, unless reloading is off, starts watching the folders.
     pub async fn start(config: Arc<Config>, host: Arc<PyHost>) -> Arc<Registry> {
+        let (wake, woken) = match config.reload {
+            ReloadMode::Never => (None, None),
+            _ => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                (Some(tx), Some(rx))
+            }
+        };
         let registry = Arc::new(Registry {
             config: Arc::clone(&config),
             host,
@@ -93,6 +174,7 @@ impl Registry {
             reload_lock: tokio::sync::Mutex::new(()),
             dirty: Arc::new(AtomicBool::new(false)),
             watcher: std::sync::Mutex::new(None),
+            wake,
             queue: match config.reload {
                 ReloadMode::Never => None,
                 _ if !config.watch_inotify => None,
@@ -100,22 +182,13 @@ impl Registry {
                     .map_err(|e| tracing::warn!(cause = %e, "inotify unavailable; freshness is checked with stat on each request"))
                     .ok(),
             },
+            unprocessed: std::sync::Mutex::new(Changes::Nothing),
+            load_state: tokio::sync::watch::Sender::new(LoadState::Idle),
             last_good: LastGood {
                 dir: config.state_dir.clone(),
             },
         });
-        if config.reload != ReloadMode::Never {
-            let (wake, mut woken) = tokio::sync::mpsc::channel(1);
-            match FolderWatcher::start(&config.plugin_dirs, Arc::clone(&registry.dirty), wake) {
-                Ok(w) => {
-                    if let Ok(mut slot) = registry.watcher.lock() {
-                        *slot = Some(w);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, "file watcher unavailable; changes are found by the per-request check only")
-                }
-            }
+        if let Some(mut woken) = woken {
             let weak = Arc::downgrade(&registry);
             tokio::spawn(async move {
                 while woken.recv().await.is_some() {
@@ -134,6 +207,26 @@ impl Registry {
         registry
     }
 
+    /// (Re)starts the background watcher on `plan` when the folders it watches were replaced
+    /// or the plan changed. Only for speed: the request path's checks are exact without it.
+    fn watch_in_background(&self, plan: &WatchPlan, replaced: bool) {
+        let Some(wake) = &self.wake else { return };
+        let Ok(mut slot) = self.watcher.lock() else {
+            return;
+        };
+        if !replaced && slot.as_ref().is_some_and(|(_, p)| p == plan) {
+            return;
+        }
+        // The old watcher goes first: its thread must not hold the folders' watches twice.
+        *slot = None;
+        match FolderWatcher::start(plan, Arc::clone(&self.dirty), wake.clone()) {
+            Ok(w) => *slot = Some((w, plan.clone())),
+            Err(e) => {
+                tracing::warn!(cause = %e, "file watcher unavailable; changes are found by the per-request check only")
+            }
+        }
+    }
+
     pub fn reload_mode(&self) -> ReloadMode {
         self.config.reload
     }
@@ -141,22 +234,82 @@ impl Registry {
     /// The snapshot to route with, after the cheap freshness checks of the reload mode. With
     /// the inotify queue, the snapshot returned is current for every file.
     pub async fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot_for(|_| None).await
+    }
+
+    /// [`Registry::snapshot`] for a request that needs only the modules `needs` names in a
+    /// table (`None`: it needs the whole table). While a reload is importing other modules,
+    /// such a request is served at once from the current table (SPEC §2: a slow import delays
+    /// only the requests that route to the modules being loaded); it waits otherwise.
+    pub async fn snapshot_for(
+        &self,
+        needs: impl Fn(&Snapshot) -> Option<Vec<String>>,
+    ) -> Arc<Snapshot> {
         let snap = self.current();
         if self.config.reload == ReloadMode::Never {
             return snap;
         }
-        let changes = match &self.queue {
-            Some(queue) => queue.drain(),
-            None if snap.dirs_current() => Changes::Nothing,
-            None => Changes::Everything,
-        };
-        // A reload under way (the watcher's) may have drained the queue already: wait for it.
-        // Whatever it drained, it checks itself.
-        let reloading = self.reload_lock.try_lock().is_err();
-        if !changes.is_nothing() || reloading || self.dirty.load(Ordering::Acquire) {
-            return self.sync_with(&[], changes).await;
+        let mut state = self.load_state.subscribe();
+        // Bounded: a reload scanning again and again cannot keep a request here; it then
+        // waits for the reload like any other.
+        for _ in 0..4 {
+            let unprocessed = self.drain_into_unprocessed(&snap);
+            let reloading = self.reload_lock.try_lock().is_err();
+            if !reloading {
+                if unprocessed.is_nothing() && !self.dirty.load(Ordering::Acquire) {
+                    return snap;
+                }
+                break;
+            }
+            let now = state.borrow_and_update().clone();
+            match now {
+                // Just finished: look again.
+                LoadState::Idle => continue,
+                // What it loads is not known yet: look again once it knows.
+                LoadState::Scanning => {
+                    if state.changed().await.is_err() {
+                        break;
+                    }
+                }
+                LoadState::Loading(pending) => {
+                    let snap = self.current();
+                    let untouched = needs(&snap).is_some_and(|needs| {
+                        needs.iter().all(|n| {
+                            !pending.contains(n)
+                                && !unprocessed.covers(&format!("{n}.py"))
+                                && !unprocessed.covers(&package_key(n))
+                        }) && unprocessed.only_known(|n| snap.knows(n))
+                    });
+                    if untouched {
+                        if !unprocessed.is_nothing() {
+                            // Taken by the next reload, which the background task starts.
+                            self.dirty.store(true, Ordering::Release);
+                            if let Some(wake) = &self.wake {
+                                let _ = wake.try_send(());
+                            }
+                        }
+                        return snap;
+                    }
+                    break;
+                }
+            }
         }
-        snap
+        self.sync_with(&[], Changes::Nothing).await
+    }
+
+    /// Drains the queue (or, without one, checks the folders) into `unprocessed`; returns a
+    /// copy of everything no reload has taken yet.
+    fn drain_into_unprocessed(&self, snap: &Snapshot) -> Changes {
+        let mut guard = match self.unprocessed.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &self.queue {
+            Some(queue) => guard.merge(queue.drain()),
+            None if snap.dirs_current() => {}
+            None => guard.merge(Changes::Everything),
+        }
+        guard.clone()
     }
 
     /// Whether `module` (and what it imported) is still what is on disk. Free with the inotify
@@ -195,13 +348,37 @@ impl Registry {
     /// exactly once, by the caller of the sync that then checks it), new files and `force`.
     async fn sync_with(&self, force: &[String], mut changes: Changes) -> Arc<Snapshot> {
         let _guard = self.reload_lock.lock().await;
+        let _state = LoadStateGuard::scanning(&self.load_state);
         self.dirty.store(false, Ordering::Release);
         // What is queued now is covered by the scan below; what comes later stays queued.
-        match &self.queue {
-            Some(queue) => changes.merge(queue.drain()),
-            None => changes = Changes::Everything,
+        {
+            let mut unprocessed = match self.unprocessed.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Some(queue) = &self.queue {
+                unprocessed.merge(queue.drain());
+            }
+            changes.merge(std::mem::replace(&mut *unprocessed, Changes::Nothing));
+        }
+        if self.queue.is_none() {
+            changes = Changes::Everything;
         }
         let old = self.current();
+        let old_links: Vec<PathBuf> = old.dirs.iter().flat_map(DirState::links).collect();
+        if let (Some(queue), Changes::Everything) = (&self.queue, &changes) {
+            // A folder (or a folder on its path) may have been replaced: watch what its name
+            // means now, before the scan, so nothing written after the scan is missed.
+            let old_packages: Vec<(String, Vec<PathBuf>)> = old
+                .packages
+                .iter()
+                .map(|p| (p.name.clone(), p.folders.clone()))
+                .collect();
+            let plan = WatchPlan::new(&self.config.plugin_dirs, &old_links, &old_packages);
+            if let Err(e) = queue.rewatch(plan, true) {
+                tracing::warn!(cause = %e, "cannot watch the plugin folders again");
+            }
+        }
 
         let dirs: Vec<DirState> = self
             .config
@@ -209,6 +386,26 @@ impl Registry {
             .iter()
             .map(|d| DirState::scan(d))
             .collect();
+        let replaced = old.dirs.len() != dirs.len()
+            || old
+                .dirs
+                .iter()
+                .zip(&dirs)
+                .any(|(a, b)| a.identity() != b.identity());
+        if !old.dirs.is_empty() {
+            for (before, now) in old.dirs.iter().zip(&dirs) {
+                match (before.exists(), now.exists()) {
+                    (true, false) => tracing::warn!(
+                        folder = %now.path.display(),
+                        "plugin folder vanished; nothing is served from it until it is back"
+                    ),
+                    (false, true) => {
+                        tracing::info!(folder = %now.path.display(), "plugin folder is back")
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut listing: Vec<(String, PathBuf)> = Vec::new();
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         let mut problems: Vec<FileProblem> = Vec::new();
@@ -231,6 +428,72 @@ impl Registry {
                 }
             }
         }
+
+        let mut package_listing: Vec<(String, PathBuf)> = Vec::new();
+        for dir in &dirs {
+            for name in dir.packages() {
+                let path = dir.path.join(name);
+                let earlier = first_seen
+                    .get(name)
+                    .map(|&i| listing[i].1.clone())
+                    .or_else(|| {
+                        package_listing
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, p)| p.clone())
+                    });
+                match earlier {
+                    Some(first) => problems.push(FileProblem {
+                        key: path.display().to_string(),
+                        status: "shadowed",
+                        error: format!(
+                            "package `{name}` is shadowed by {} (the first one wins)",
+                            first.display()
+                        ),
+                    }),
+                    None => package_listing.push((name.clone(), path)),
+                }
+            }
+        }
+        let old_packages: HashMap<&str, &TrackedPackage> =
+            old.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut packages: Vec<TrackedPackage> = Vec::new();
+        let mut changed_packages: Vec<String> = Vec::new();
+        for (name, path) in &package_listing {
+            let kept = old_packages.get(name.as_str()).filter(|p| {
+                &p.dir == path && (!changes.covers(&package_key(name)) || p.is_current())
+            });
+            match kept {
+                Some(p) => packages.push((*p).clone()),
+                None => {
+                    changed_packages.push(name.clone());
+                    packages.push(TrackedPackage::read(name, path));
+                }
+            }
+        }
+        let listed: HashSet<&str> = packages.iter().map(|p| p.name.as_str()).collect();
+        changed_packages.extend(
+            old.packages
+                .iter()
+                .filter(|p| !listed.contains(p.name.as_str()))
+                .map(|p| p.name.clone()),
+        );
+
+        let links: Vec<PathBuf> = dirs.iter().flat_map(DirState::links).collect();
+        let watched_packages: Vec<(String, Vec<PathBuf>)> = packages
+            .iter()
+            .map(|p| (p.name.clone(), p.folders.clone()))
+            .collect();
+        let plan = WatchPlan::new(&self.config.plugin_dirs, &links, &watched_packages);
+        if let Some(queue) = &self.queue {
+            // Symlinked plugin files and packages: their folders are watched before the
+            // files are read.
+            if let Err(e) = queue.rewatch(plan.clone(), false) {
+                tracing::warn!(cause = %e, "cannot watch the plugin folders again");
+            }
+        }
+
+        self.watch_in_background(&plan, replaced);
 
         // What changed, by file.
         let old_files: HashMap<&str, &TrackedFile> =
@@ -270,8 +533,29 @@ impl Registry {
             .map(|f| f.stem.clone())
             .collect();
 
-        // Every module that imported a changed or removed one is re-imported too.
-        let mut affected: HashSet<String> = changed.iter().chain(&removed).cloned().collect();
+        // Every module that imported a changed or removed one (or package) is re-imported
+        // too; when something new appears, so is every module that did not import (it may
+        // have been missing just that).
+        let mut affected: HashSet<String> = changed
+            .iter()
+            .chain(&removed)
+            .chain(&changed_packages)
+            .cloned()
+            .collect();
+        let appeared = files
+            .iter()
+            .any(|f| !old_files.contains_key(f.stem.as_str()))
+            || packages
+                .iter()
+                .any(|p| !old_packages.contains_key(p.name.as_str()));
+        if appeared && !old.files.is_empty() {
+            for f in &files {
+                let failed = old_modules_failed(&old, &f.stem);
+                if failed {
+                    affected.insert(f.stem.clone());
+                }
+            }
+        }
         loop {
             let more: Vec<String> = old
                 .table
@@ -296,28 +580,20 @@ impl Registry {
                 source: Arc::clone(&f.state.source),
             })
             .collect();
-        // The helper's stem -> path map changes only when files come or go.
-        let same_files = old.files.len() == files.len()
-            && old
-                .files
-                .iter()
-                .zip(&files)
-                .all(|(a, b)| a.stem == b.stem && a.path == b.path);
-        let file_map: Option<Vec<(String, String)>> = (!same_files).then(|| {
-            files
-                .iter()
-                .map(|f| (f.stem.clone(), f.path.display().to_string()))
-                .collect()
-        });
+        // The finder's stem -> path map changes only when files or packages come or go.
+        let map = Snapshot::finder_map(&files, &packages);
+        let file_map = (map != Snapshot::finder_map(&old.files, &old.packages)).then_some(map);
+        let mut forget = removed.clone();
+        forget.extend(changed_packages.iter().cloned());
+        let mut pending: HashSet<String> = affected.clone();
+        pending.extend(forget.iter().cloned());
+        self.load_state
+            .send_replace(LoadState::Loading(Arc::new(pending)));
         let started = std::time::Instant::now();
-        let results = if requests.is_empty() && removed.is_empty() {
+        let results = if requests.is_empty() && forget.is_empty() && file_map.is_none() {
             Vec::new()
         } else {
-            match self
-                .host
-                .load(file_map, removed.clone(), requests.clone())
-                .await
-            {
+            match self.host.load(file_map, forget, requests.clone()).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(cause = %e, "plugin reload failed; keeping the previous modules");
@@ -389,6 +665,7 @@ impl Registry {
             table: RouteTable::build(modules, problems),
             dirs,
             files,
+            packages,
         });
         if reloaded > 0 || !removed.is_empty() {
             tracing::info!(
@@ -402,6 +679,46 @@ impl Registry {
         self.publish(Arc::clone(&snap));
         snap
     }
+}
+
+/// What the reload under way is doing, for requests deciding whether to wait for it.
+#[derive(Debug, Clone)]
+pub enum LoadState {
+    Idle,
+    /// Looking at the folders: what it will load is not known yet.
+    Scanning,
+    /// Importing: the modules (and packages) being loaded or dropped.
+    Loading(Arc<HashSet<String>>),
+}
+
+/// Sets [`LoadState::Scanning`] and puts back [`LoadState::Idle`] however the reload ends.
+struct LoadStateGuard<'a>(&'a tokio::sync::watch::Sender<LoadState>);
+
+impl<'a> LoadStateGuard<'a> {
+    fn scanning(state: &'a tokio::sync::watch::Sender<LoadState>) -> Self {
+        state.send_replace(LoadState::Scanning);
+        LoadStateGuard(state)
+    }
+}
+
+impl Drop for LoadStateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(LoadState::Idle);
+    }
+}
+
+/// Whether `stem`'s module did not import in `snap` (a broken module or an import error).
+fn old_modules_failed(snap: &Snapshot, stem: &str) -> bool {
+    let broken = snap
+        .table
+        .modules()
+        .iter()
+        .any(|m| m.name == stem && m.import_error.is_some());
+    broken
+        || snap
+            .table
+            .problem(&format!("{stem}.py"))
+            .is_some_and(|p| p.status == "error")
 }
 
 /// The last description of each module that imported, shared by the workers of one supervisor.

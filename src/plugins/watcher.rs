@@ -13,6 +13,8 @@
 //!   by more than [`RACY_WINDOW_NS`] — git's "racily clean" rule. Until then, timestamps may be
 //!   too coarse to show a same-size edit, so the content is compared.
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -117,6 +119,10 @@ pub struct DirState {
     pub path: PathBuf,
     fingerprint: Option<Fingerprint>,
     names: Vec<String>,
+    /// The plugin files that are symlinks (their targets are watched too).
+    links: Vec<String>,
+    /// Package folders (`name/__init__.py`): importable by plugins, not plugins themselves.
+    packages: Vec<String>,
     verified_ns: AtomicI64,
 }
 
@@ -125,16 +131,42 @@ impl DirState {
     pub fn scan(path: &Path) -> DirState {
         let verified = now_ns();
         let fingerprint = Fingerprint::of(path).ok();
+        let Listing {
+            names,
+            links,
+            packages,
+        } = list_plugins(path);
         DirState {
             path: path.to_path_buf(),
             fingerprint,
-            names: list_plugins(path),
+            names,
+            links,
+            packages,
             verified_ns: AtomicI64::new(verified),
         }
     }
 
+    pub fn packages(&self) -> &[String] {
+        &self.packages
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The symlinked plugin files, as paths.
+    pub fn links(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.links.iter().map(|n| self.path.join(n))
+    }
+
+    /// Whether the folder was there at the scan.
+    pub fn exists(&self) -> bool {
+        self.fingerprint.is_some()
+    }
+
+    /// Which folder the path named at the scan (device and inode).
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        self.fingerprint.map(|f| (f.dev, f.ino))
     }
 
     /// Whether the folder still lists the same plugin files.
@@ -150,7 +182,8 @@ impl DirState {
             return true;
         }
         let now = now_ns();
-        if list_plugins(&self.path) == self.names {
+        let now_listed = list_plugins(&self.path);
+        if now_listed.names == self.names && now_listed.packages == self.packages {
             self.verified_ns.store(now, Ordering::Release);
             return true;
         }
@@ -158,38 +191,235 @@ impl DirState {
     }
 }
 
-fn list_plugins(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let is_plugin = name.ends_with(".py") && name != "__init__.py" && name.len() > 3;
-            // The entry's type needs no stat; only a symlink is followed to see what it names.
-            let is_file = match e.file_type() {
-                Ok(t) if t.is_file() => true,
-                Ok(t) if t.is_symlink() => e.path().is_file(),
-                _ => false,
-            };
-            (is_plugin && is_file).then_some(name)
-        })
-        .collect();
-    names.sort();
-    names
+/// What a plugin folder holds.
+struct Listing {
+    /// Plugin files, sorted.
+    names: Vec<String>,
+    /// Which of them are symlinks.
+    links: Vec<String>,
+    /// Package folders, sorted.
+    packages: Vec<String>,
 }
 
-/// An inotify descriptor on the plugin folders, read without blocking on the request path.
+/// Whether `name` can be imported as a top-level package.
+pub fn is_package_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name != "__pycache__"
+}
+
+fn list_plugins(dir: &Path) -> Listing {
+    let mut listing = Listing {
+        names: Vec::new(),
+        links: Vec::new(),
+        packages: Vec::new(),
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return listing;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let Ok(t) = e.file_type() else { continue };
+        if is_package_name(&name) && (t.is_dir() || t.is_symlink()) {
+            if e.path().join("__init__.py").is_file() {
+                listing.packages.push(name);
+            }
+            continue;
+        }
+        if !(name.ends_with(".py") && name != "__init__.py" && name.len() > 3) {
+            continue;
+        }
+        // The entry's type needs no stat; only a symlink is followed to see what it names.
+        if t.is_file() {
+            listing.names.push(name);
+        } else if t.is_symlink() && e.path().is_file() {
+            listing.links.push(name.clone());
+            listing.names.push(name);
+        }
+    }
+    listing.names.sort();
+    listing.links.sort();
+    listing.packages.sort();
+    listing
+}
+
+/// At most this many files are tracked in one package, this deep: a package is source, not a
+/// data folder.
+pub const PACKAGE_MAX_FILES: usize = 2000;
+const PACKAGE_MAX_DEPTH: usize = 16;
+
+/// The `*.py` files of a package folder and its subfolders (not `__pycache__`, not hidden),
+/// sorted, bounded by [`PACKAGE_MAX_FILES`]; and the folders walked.
+pub fn package_files(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut files = Vec::new();
+    let mut folders = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        folders.push(dir);
+        for e in entries.filter_map(Result::ok) {
+            if files.len() >= PACKAGE_MAX_FILES {
+                break;
+            }
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                if depth < PACKAGE_MAX_DEPTH && is_package_name(name) {
+                    stack.push((e.path(), depth + 1));
+                }
+            } else if name.ends_with(".py") && (t.is_file() || e.path().is_file()) {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    folders.sort();
+    (files, folders)
+}
+
+/// The key a package's changes are reported under in [`Changes`] (never a file name).
+pub fn package_key(name: &str) -> String {
+    format!("{name}/")
+}
+
+/// What one watch stands for. One folder can be several of these at once (a plugin folder
+/// that is also an ancestor of another), and two paths can be one watch (a symlink).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Interest {
+    /// A plugin folder: events name plugin files; an event on the folder itself (deleted,
+    /// moved) re-points everything.
+    folder: bool,
+    /// Entries of an ancestor of a plugin folder (or of its resolved path): replacing one
+    /// (`rm -rf`, `mv`, a re-pointed release symlink) re-points the folder.
+    entries: HashSet<OsString>,
+    /// Targets of symlinked plugin files in this folder: target name → plugin file names.
+    targets: HashMap<OsString, Vec<String>>,
+    /// A folder of this package: any `.py` file or subfolder in it changes the package.
+    package: Option<String>,
+}
+
+/// Everything worth watching for a set of plugin folders and symlinked plugin files: every
+/// path, with what it stands for. Computed from the names as configured, so a folder replaced
+/// under the same name is watched again by the next [`ChangeQueue::rewatch`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WatchPlan {
+    paths: Vec<(PathBuf, Interest)>,
+}
+
+impl WatchPlan {
+    /// `packages`: each package's name and folders.
+    pub fn new(
+        dirs: &[PathBuf],
+        links: &[PathBuf],
+        packages: &[(String, Vec<PathBuf>)],
+    ) -> WatchPlan {
+        fn entry<'a>(paths: &'a mut Vec<(PathBuf, Interest)>, path: &Path) -> &'a mut Interest {
+            let i = match paths.iter().position(|(p, _)| p == path) {
+                Some(i) => i,
+                None => {
+                    paths.push((path.to_path_buf(), Interest::default()));
+                    paths.len() - 1
+                }
+            };
+            &mut paths[i].1
+        }
+        let mut paths: Vec<(PathBuf, Interest)> = Vec::new();
+        for dir in dirs {
+            entry(&mut paths, dir).folder = true;
+            let real = dir.canonicalize().ok();
+            for chain in std::iter::once(dir.as_path()).chain(real.as_deref()) {
+                for ancestor in chain.ancestors() {
+                    if let (Some(parent), Some(name)) = (ancestor.parent(), ancestor.file_name()) {
+                        entry(&mut paths, parent)
+                            .entries
+                            .insert(name.to_os_string());
+                    }
+                }
+            }
+        }
+        for link in links {
+            let (Ok(target), Some(plugin)) = (
+                link.canonicalize(),
+                link.file_name().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            if let (Some(parent), Some(name)) = (target.parent(), target.file_name()) {
+                let names = entry(&mut paths, parent)
+                    .targets
+                    .entry(name.to_os_string())
+                    .or_default();
+                if !names.iter().any(|n| n == plugin) {
+                    names.push(plugin.to_string());
+                }
+            }
+        }
+        for (name, folders) in packages {
+            for folder in folders {
+                entry(&mut paths, folder).package = Some(name.clone());
+            }
+        }
+        WatchPlan { paths }
+    }
+
+    /// The paths whose change matters to the background watcher: plugin files are found by
+    /// their extension, these by name.
+    fn entry_paths(&self) -> HashSet<PathBuf> {
+        let mut out = HashSet::new();
+        for (path, interest) in &self.paths {
+            for name in interest.entries.iter().chain(interest.targets.keys()) {
+                out.insert(path.join(name));
+            }
+        }
+        out
+    }
+}
+
+struct Watched {
+    inotify: inotify::Inotify,
+    by_wd: HashMap<inotify::WatchDescriptor, Interest>,
+    plan: WatchPlan,
+}
+
+/// An inotify descriptor on the plugin folders (and on what they are reached through), read
+/// without blocking on the request path.
 pub struct ChangeQueue {
-    inotify: std::sync::Mutex<inotify::Inotify>,
+    watched: std::sync::Mutex<Watched>,
 }
 
 impl ChangeQueue {
     pub fn new(dirs: &[PathBuf]) -> std::io::Result<ChangeQueue> {
+        let queue = ChangeQueue {
+            watched: std::sync::Mutex::new(Watched {
+                inotify: inotify::Inotify::init()?,
+                by_wd: HashMap::new(),
+                plan: WatchPlan::default(),
+            }),
+        };
+        queue.rewatch(WatchPlan::new(dirs, &[], &[]), true)?;
+        Ok(queue)
+    }
+
+    /// Watches what `plan` names (again, when `force`: a folder replaced under its name is
+    /// a new inode) and stops watching what it no longer names. A path that does not exist
+    /// now is skipped: the watch on its parent reports its return.
+    pub fn rewatch(&self, plan: WatchPlan, force: bool) -> std::io::Result<()> {
         use inotify::WatchMask;
-        let inotify = inotify::Inotify::init()?;
-        let mask = WatchMask::CREATE
+        let Ok(mut w) = self.watched.lock() else {
+            return Err(std::io::Error::other("the watch list is poisoned"));
+        };
+        if !force && w.plan == plan {
+            return Ok(());
+        }
+        let folder_mask = WatchMask::CREATE
             | WatchMask::DELETE
             | WatchMask::MODIFY
             | WatchMask::CLOSE_WRITE
@@ -198,24 +428,60 @@ impl ChangeQueue {
             | WatchMask::ATTRIB
             | WatchMask::DELETE_SELF
             | WatchMask::MOVE_SELF;
-        for dir in dirs {
-            inotify.watches().add(dir, mask)?;
+        let ancestor_mask =
+            WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_FROM | WatchMask::MOVED_TO;
+        let mut by_wd: HashMap<inotify::WatchDescriptor, Interest> = HashMap::new();
+        for (path, interest) in &plan.paths {
+            let mask =
+                if interest.folder || !interest.targets.is_empty() || interest.package.is_some() {
+                    folder_mask
+                } else {
+                    ancestor_mask
+                };
+            // MASK_ADD: two paths can be one inode (a symlink); their masks add up.
+            let Ok(wd) = w.inotify.watches().add(path, mask | WatchMask::MASK_ADD) else {
+                continue;
+            };
+            let merged = by_wd.entry(wd).or_default();
+            merged.folder |= interest.folder;
+            if merged.package.is_none() {
+                merged.package.clone_from(&interest.package);
+            }
+            merged.entries.extend(interest.entries.iter().cloned());
+            for (target, names) in &interest.targets {
+                merged
+                    .targets
+                    .entry(target.clone())
+                    .or_default()
+                    .extend(names.iter().cloned());
+            }
         }
-        Ok(ChangeQueue {
-            inotify: std::sync::Mutex::new(inotify),
-        })
+        let stale: Vec<inotify::WatchDescriptor> = w
+            .by_wd
+            .keys()
+            .filter(|wd| !by_wd.contains_key(*wd))
+            .cloned()
+            .collect();
+        for wd in stale {
+            // Already gone when its folder was deleted; nothing to undo then.
+            let _ = w.inotify.watches().remove(wd);
+        }
+        w.by_wd = by_wd;
+        w.plan = plan;
+        Ok(())
     }
 
     /// What changed since the last call. One `read` that finds nothing in the common case.
     pub fn drain(&self) -> Changes {
-        let Ok(mut inotify) = self.inotify.lock() else {
+        let Ok(mut guard) = self.watched.lock() else {
             return Changes::Everything;
         };
+        let w = &mut *guard;
         let mut buf = [0u8; 4096];
         let mut changes = Changes::Nothing;
         // Bounded: a folder rewritten continuously must not keep one request here.
         for _ in 0..64 {
-            match inotify.read_events(&mut buf) {
+            match w.inotify.read_events(&mut buf) {
                 Ok(events) => {
                     let mut any = false;
                     for e in events {
@@ -224,11 +490,48 @@ impl ChangeQueue {
                             changes = Changes::Everything;
                             continue;
                         }
-                        match e.name.and_then(|n| n.to_str()) {
-                            Some(name) if name.ends_with(".py") => changes.add(name),
-                            Some(_) => {}
-                            // An event on a folder itself (deleted, moved).
-                            None => changes = Changes::Everything,
+                        // A watch removed by an earlier rewatch: what it saw, the rescan
+                        // that followed saw too.
+                        let Some(interest) = w.by_wd.get(&e.wd) else {
+                            continue;
+                        };
+                        match e.name {
+                            Some(name) => {
+                                if interest.entries.contains(name) {
+                                    changes = Changes::Everything;
+                                }
+                                if let Some(plugins) = interest.targets.get(name) {
+                                    for p in plugins {
+                                        changes.add(p);
+                                    }
+                                }
+                                let name = name.to_str();
+                                match name {
+                                    Some(n) if interest.folder && n.ends_with(".py") => {
+                                        changes.add(n)
+                                    }
+                                    // A package folder made, removed or renamed.
+                                    Some(n) if interest.folder && is_package_name(n) => {
+                                        changes.add(&package_key(n))
+                                    }
+                                    _ => {}
+                                }
+                                if let Some(package) = &interest.package {
+                                    if name
+                                        .is_some_and(|n| n.ends_with(".py") || is_package_name(n))
+                                    {
+                                        changes.add(&package_key(package));
+                                    }
+                                }
+                            }
+                            // An event on a watched folder itself (deleted, moved, unwatched).
+                            None => {
+                                if interest.folder || !interest.targets.is_empty() {
+                                    changes = Changes::Everything;
+                                } else if let Some(package) = &interest.package {
+                                    changes.add(&package_key(package));
+                                }
+                            }
                         }
                     }
                     if !any {
@@ -277,6 +580,16 @@ impl Changes {
         }
     }
 
+    /// Whether every change names a file or package `snap` already has (a new file could
+    /// take over an API, so it needs a reload before routing).
+    pub fn only_known(&self, known: impl Fn(&str) -> bool) -> bool {
+        match self {
+            Changes::Nothing => true,
+            Changes::Files(names) => names.iter().all(|n| known(n)),
+            Changes::Everything => false,
+        }
+    }
+
     pub fn is_nothing(&self) -> bool {
         *self == Changes::Nothing
     }
@@ -297,20 +610,22 @@ pub struct FolderWatcher {
 }
 
 impl FolderWatcher {
-    /// Watches `dirs` (not recursively). On any event `dirty` is set and `wake` is poked.
+    /// Watches what `plan` names (not recursively). On an event for a plugin file or for a
+    /// path the folders are reached through, `dirty` is set and `wake` is poked.
     pub fn start(
-        dirs: &[PathBuf],
+        plan: &WatchPlan,
         dirty: Arc<AtomicBool>,
         wake: tokio::sync::mpsc::Sender<()>,
     ) -> notify::Result<FolderWatcher> {
+        let entries = plan.entry_paths();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let relevant = match &event {
                     Ok(e) => {
                         e.paths.is_empty()
-                            || e.paths
-                                .iter()
-                                .any(|p| p.extension().is_some_and(|x| x == "py"))
+                            || e.paths.iter().any(|p| {
+                                p.extension().is_some_and(|x| x == "py") || entries.contains(p)
+                            })
                     }
                     Err(_) => true,
                 };
@@ -319,9 +634,77 @@ impl FolderWatcher {
                     let _ = wake.try_send(());
                 }
             })?;
-        for dir in dirs {
-            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        let mut watching = 0;
+        let mut first_error = None;
+        for (path, _) in &plan.paths {
+            match watcher.watch(path, RecursiveMode::NonRecursive) {
+                Ok(()) => watching += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(FolderWatcher { _watcher: watcher })
+        match first_error {
+            Some(e) if watching == 0 => Err(e),
+            _ => Ok(FolderWatcher { _watcher: watcher }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interest<'a>(plan: &'a WatchPlan, path: &str) -> Option<&'a Interest> {
+        plan.paths
+            .iter()
+            .find(|(p, _)| p == Path::new(path))
+            .map(|(_, i)| i)
+    }
+
+    #[test]
+    fn plan_watches_every_ancestor_for_the_next_component() {
+        let plan = WatchPlan::new(&[PathBuf::from("/nonexistent-dpms/app/plugins")], &[], &[]);
+        let folder = interest(&plan, "/nonexistent-dpms/app/plugins").map(|i| i.folder);
+        assert_eq!(folder, Some(true));
+        for (path, entry) in [
+            ("/nonexistent-dpms/app", "plugins"),
+            ("/nonexistent-dpms", "app"),
+            ("/", "nonexistent-dpms"),
+        ] {
+            let i = interest(&plan, path);
+            assert!(
+                i.is_some_and(|i| !i.folder && i.entries.contains(&OsString::from(entry))),
+                "{path}: {i:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nested_folders_are_folder_and_ancestor_at_once() {
+        let plan = WatchPlan::new(
+            &[PathBuf::from("/nx-dpms/a"), PathBuf::from("/nx-dpms/a/b")],
+            &[],
+            &[("pkg".into(), vec![PathBuf::from("/nx-dpms/a/pkg")])],
+        );
+        let a = interest(&plan, "/nx-dpms/a");
+        assert!(a.is_some_and(|i| i.folder && i.entries.contains(&OsString::from("b"))));
+        let pkg = interest(&plan, "/nx-dpms/a/pkg").and_then(|i| i.package.clone());
+        assert_eq!(pkg.as_deref(), Some("pkg"));
+        let paths: HashSet<PathBuf> = plan.entry_paths();
+        assert!(paths.contains(Path::new("/nx-dpms/a/b")));
+        assert!(paths.contains(Path::new("/nx-dpms/a")));
+    }
+
+    #[test]
+    fn package_names() {
+        for good in ["pkg", "_private", "a1_b2"] {
+            assert!(is_package_name(good), "{good}");
+        }
+        for bad in ["", "1abc", "a.b", "a-b", "__pycache__", "notes.db"] {
+            assert!(!is_package_name(bad), "{bad}");
+        }
+        assert_eq!(package_key("pkg"), "pkg/");
+        assert!(!package_key("pkg").ends_with(".py"));
     }
 }
