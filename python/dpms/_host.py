@@ -9,6 +9,7 @@ routing, arguments, JSON) is Rust.
 
 import asyncio
 import difflib
+import gc
 import importlib.abc
 import importlib.machinery
 import inspect
@@ -21,6 +22,7 @@ import types
 
 _os_path = os.path
 _open = open
+_gc_collect = gc.collect
 
 #: Rust callbacks (``log(stream, line)``), set by :func:`setup`.
 _native = None
@@ -297,6 +299,13 @@ def load_batch(requests):
     for name, _, _ in requests:
         if name in _ours and name in sys.modules:
             previous[name] = sys.modules.pop(name)
+    if previous:
+        # A module and its functions form a cycle (``f.__globals__`` is the module's dict), so
+        # the versions earlier reloads replaced wait for the cyclic GC, which may not run for a
+        # long while: a module with a large global then costs one copy per save. The version
+        # replaced now is still in use by the route table until the new one is published; it
+        # is collected at the next reload.
+        _gc_collect()
     _batch = {}
     results = []
     try:
