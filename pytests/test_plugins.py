@@ -528,7 +528,12 @@ def test_broken_file_reported_others_unaffected(server, write_plugin, kind, text
     assert entry["status"] == "error", entry
     for word in mentions:
         assert word in entry["error"], entry
-    error(server.get(f"{bad_api}/"), 404, "api_undefined")
+    if kind in ("raise", "missing", "exit"):
+        # Issue 10: the file that mentions the API is named, with its error.
+        body = error(server.get(f"{bad_api}/"), 404, "api_undefined", extra=("hint",))
+        assert f"`{bad}.py`" in body["hint"]
+    else:
+        error(server.get(f"{bad_api}/"), 404, "api_undefined")
     assert ok(server.get(f"{good_api}/")) == "good"
     assert ok(server.get("hello-world/"))["response"] == "hello-world"
     assert d["imports"]["module1"]["status"] == "OK"
@@ -599,7 +604,8 @@ def test_stdlib_shadows_refused(start_server, plugin_folder):
     srv = start_server(plugin_dirs=[SAMPLE_PLUGINS, plugin_folder])
     d = srv.dir()
     for stem in ("json", "colorsys"):
-        error(srv.get(f"shadow-{stem}-{p}/"), 404, "api_undefined")
+        body = error(srv.get(f"shadow-{stem}-{p}/"), 404, "api_undefined", extra=("hint",))
+        assert f"`{stem}.py`" in body["hint"]
         entry = find_import(d, stem)
         assert entry is not None, d["imports"]
         assert entry.get("status") != "OK", entry

@@ -21,6 +21,13 @@ pub enum ApiError {
     MissingArgument(String),
     #[error("{api} is undefined.")]
     ApiUndefined { api: String },
+    /// An unknown API that a plugin file which does not import mentions: the likely cause.
+    #[error("{api} is undefined.")]
+    ApiUndefinedBroken {
+        api: String,
+        file: String,
+        exception: String,
+    },
     /// `<module>/<api>` where the module has no such API.
     #[error("{api} is undefined in {module}.")]
     ApiUndefinedInModule { api: String, module: String },
@@ -80,6 +87,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::ApiUndefined { .. }
+            | ApiError::ApiUndefinedBroken { .. }
             | ApiError::ApiUndefinedInModule { .. }
             | ApiError::MethodUndefined { .. }
             | ApiError::TooManyUrlParams { .. }
@@ -105,9 +113,9 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::BadArguments(_) => "bad_arguments",
             ApiError::MissingArgument(_) => "missing_argument",
-            ApiError::ApiUndefined { .. } | ApiError::ApiUndefinedInModule { .. } => {
-                "api_undefined"
-            }
+            ApiError::ApiUndefined { .. }
+            | ApiError::ApiUndefinedBroken { .. }
+            | ApiError::ApiUndefinedInModule { .. } => "api_undefined",
             ApiError::MethodUndefined { .. } => "method_undefined",
             ApiError::TooManyUrlParams { .. } => "too_many_url_params",
             ApiError::NotFound { .. } => "not_found",
@@ -151,6 +159,16 @@ impl ApiError {
             }
             ApiError::PluginImport { exception, .. } => {
                 body.insert("exception".into(), Value::String(exception.clone()));
+            }
+            ApiError::ApiUndefinedBroken {
+                api,
+                file,
+                exception,
+            } => {
+                let hint = format!(
+                    "`{file}` mentions `{api}` but is not served ({exception}); see __dir__"
+                );
+                body.insert("hint".into(), Value::String(hint));
             }
             _ => {}
         }

@@ -134,6 +134,9 @@ fn limit_address_space(bytes: u64) -> Result<(), RunError> {
 
 /// The start-up summary: folders, modules, endpoints, import errors.
 fn log_summary(config: &config::Config, registry: &plugins::Registry) {
+    if !state_dir::first_to_log(config.state_dir.as_deref(), "startup summary") {
+        return;
+    }
     let snap = registry.current();
     let modules = snap.table.modules();
     let endpoints: usize = modules.iter().map(|m| m.endpoints.len()).sum();

@@ -274,12 +274,25 @@ async fn locate(app: &App, segs: &[String]) -> Result<(Arc<Snapshot>, Located), 
     let located = snap.table.locate(segs);
     let recheck = app.registry.reload_mode() != ReloadMode::Never
         && (located.is_err() || matches!(located, Ok(Located::Dir(_))));
-    if recheck && !app.registry.files_current(&snap) {
+    let (snap, located) = if recheck && !app.registry.files_current(&snap) {
         let snap = app.registry.sync(&[]).await;
-        let located = snap.table.locate(segs)?;
-        return Ok((snap, located));
+        let located = snap.table.locate(segs);
+        (snap, located)
+    } else {
+        (snap, located)
+    };
+    match located {
+        Ok(located) => Ok((snap, located)),
+        Err(ApiError::ApiUndefined { api }) => Err(match snap.broken_mention(&api) {
+            Some((file, exception)) => ApiError::ApiUndefinedBroken {
+                api,
+                file,
+                exception,
+            },
+            None => ApiError::ApiUndefined { api },
+        }),
+        Err(e) => Err(e),
     }
-    Ok((snap, located?))
 }
 
 /// Picks the endpoint for `method`, making sure the code that runs is what is on disk.

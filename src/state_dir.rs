@@ -20,6 +20,40 @@ pub fn create(parent: &Path) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Whether this process is the first of its server to log the message `key` stands for; the
+/// others stay quiet (SPEC §9: the startup summary and each load error are logged once, not once
+/// per worker). Without a state folder (one process), always.
+pub fn first_to_log(dir: Option<&Path>, key: &str) -> bool {
+    use std::hash::{Hash, Hasher};
+    let Some(dir) = dir else { return true };
+    let logged = dir.join("logged");
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&logged) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return true;
+        }
+    }
+    // The same in every worker: they run one binary (SipHash with fixed keys).
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    let marker = logged.join(format!("{:016x}", hasher.finish()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+    {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AlreadyExists,
+    }
+}
+
+/// A short key for some content (for [`first_to_log`]).
+pub fn content_key(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// The pid a state folder's name carries (`dpms-<pid>-<hex>`, or the older `dpms-<pid>`).
 fn owner_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix("dpms-")?;

@@ -97,6 +97,25 @@ impl Snapshot {
             .collect()
     }
 
+    /// For an unknown API: a plugin file that does not import and whose source names `api`
+    /// in quotes (`API="api"`), with its error: the likely reason the API is missing.
+    pub fn broken_mention(&self, api: &str) -> Option<(String, String)> {
+        let quoted = [format!("\"{api}\""), format!("'{api}'")];
+        self.table
+            .problems()
+            .iter()
+            .filter(|p| p.status == "error")
+            .find_map(|p| {
+                let stem = p.key.strip_suffix(".py")?;
+                let file = self.files.iter().find(|f| f.stem == stem)?;
+                let source = String::from_utf8_lossy(&file.state.source);
+                quoted
+                    .iter()
+                    .any(|q| source.contains(q.as_str()))
+                    .then(|| (p.key.clone(), p.error.clone()))
+            })
+    }
+
     /// Whether `key` (a file name `x.py` or a package key `pkg/`) is one this snapshot has.
     fn knows(&self, key: &str) -> bool {
         match (key.strip_suffix(".py"), key.strip_suffix('/')) {
@@ -205,6 +224,17 @@ impl Registry {
         }
         registry.sync(&[]).await;
         registry
+    }
+
+    /// Whether this worker is the first to report `message` about this content of `file`.
+    fn first_to_log(&self, file: &TrackedFile, message: &str) -> bool {
+        let key = format!(
+            "{}\0{}\0{}",
+            file.path.display(),
+            crate::state_dir::content_key(&file.state.source),
+            message
+        );
+        crate::state_dir::first_to_log(self.config.state_dir.as_deref(), &key)
     }
 
     /// (Re)starts the background watcher on `plan` when the folders it watches were replaced
@@ -629,10 +659,18 @@ impl Registry {
                     handle,
                 }) => {
                     self.last_good.save(&f.stem, &f.path, &json);
-                    modules.push(Arc::new(build_module(f, description, Some(handle))));
+                    let module = build_module(f, description, Some(handle));
+                    for err in &module.errors {
+                        if self.first_to_log(f, err) {
+                            tracing::warn!(module = %f.stem, "{err}");
+                        }
+                    }
+                    modules.push(Arc::new(module));
                 }
                 Some(Loaded::ImportError { error, traceback }) => {
-                    tracing::warn!(module = %f.stem, error = %error, "plugin does not import\n{traceback}");
+                    if self.first_to_log(f, &error) {
+                        tracing::warn!(module = %f.stem, error = %error, "plugin does not import\n{traceback}");
+                    }
                     let previous = old_modules
                         .get(f.stem.as_str())
                         .map(|m| Arc::clone(m))
@@ -651,7 +689,9 @@ impl Registry {
                     }
                 }
                 Some(Loaded::Refused { error }) => {
-                    tracing::warn!(module = %f.stem, error = %error, "plugin refused");
+                    if self.first_to_log(f, &error) {
+                        tracing::warn!(module = %f.stem, error = %error, "plugin refused");
+                    }
                     problems.push(FileProblem {
                         key: format!("{}.py", f.stem),
                         status: "error",
@@ -821,9 +861,6 @@ fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>
             index: e.index,
             schedule: Arc::new(Schedule::new(blocking)),
         });
-    }
-    for err in &errors {
-        tracing::warn!(module = %file.stem, "{err}");
     }
     Module {
         name: file.stem.clone(),
