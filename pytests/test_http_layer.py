@@ -154,3 +154,59 @@ def test_a_refused_request_does_not_stop_the_next_connection(own_server):
     send_raw(own_server, MALFORMED["garbage"])
     r = own_server.get("/")
     assert r.status_code == 200, describe(r)
+
+
+# --------------------------------------------------------------------------------------------
+# One event, one line (SPEC §6)
+
+RAISES = """
+from dpms import expose
+
+
+@expose.endpoint(API="$api")
+def raises(x=""):
+    raise ValueError(x)
+
+
+@expose.endpoint(API="$printer")
+def printer(x=""):
+    print("printed:", x.replace("|", "\\r"))
+    return "printed"
+"""
+
+FORGED = "2026-01-01T00:00:00.000000Z  INFO dpms::access: method=GET path=/FORGED status=200"
+
+
+def test_an_exception_message_cannot_forge_an_access_line(own_server):
+    api, printer, module = unique("raises"), unique("printer"), unique("m")
+    write_atomic(own_server.plugin_dir / f"{module}.py", source(RAISES, api=api, printer=printer))
+    rid = new_id()
+    r = own_server.get(f"{api}/?x=a%0A{FORGED}%0D%0Aagain", headers={"X-Request-Id": rid})
+    body = error(r, 500, "plugin_error", extra=("exception",))
+    assert "FORGED" in body["exception"], body
+    access_line(own_server, rid)
+    log = stderr_text(own_server)
+    forged = [l for l in log.splitlines() if re.match(r"^\S*\s*INFO dpms::access: method=GET path=/FORGED", l)]
+    assert not forged, forged
+    # The warning is one line that carries the escaped text and the request id.
+    warn = [l for l in log.splitlines() if f"id={rid}" in l and "plugin raised" in l]
+    assert len(warn) == 1, log[-3000:]
+    assert "\\n2026-01-01T00:00:00.000000Z  INFO dpms::access" in warn[0], warn[0]
+    assert "Traceback (most recent call last):" in warn[0], warn[0]
+    # Printed text with a carriage return stays inside its record too.
+    rid = new_id()
+    assert ok(own_server.get(f"{printer}/?x=one|two", headers={"X-Request-Id": rid})) == "printed"
+    access_line(own_server, rid)
+    printed = [l for l in stderr_text(own_server).splitlines() if "printed: one" in l]
+    assert len(printed) == 1 and "one\\rtwo" in printed[0] and f"id={rid}" in printed[0], printed
+
+
+def test_control_characters_in_the_path_are_escaped_in_the_access_line(own_server):
+    rid = new_id()
+    # U+0085 (NEL) and U+2028 (LINE SEPARATOR) in raw UTF-8: hyper accepts them in a path.
+    path = "/rest/services/nel\u0085x\u2028y/".encode()
+    request = b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: " + rid.encode() + b"\r\n\r\n"
+    _, got = send_raw(own_server, request)
+    assert got.startswith(b"HTTP/1.1 404 "), got[:300]
+    line = access_line(own_server, rid)
+    assert "path=/rest/services/nel\\u{85}x\\u{2028}y/ " in line, line
