@@ -210,3 +210,46 @@ def test_control_characters_in_the_path_are_escaped_in_the_access_line(own_serve
     assert got.startswith(b"HTTP/1.1 404 "), got[:300]
     line = access_line(own_server, rid)
     assert "path=/rest/services/nel\\u{85}x\\u{2028}y/ " in line, line
+
+
+# --------------------------------------------------------------------------------------------
+# Output without a final newline belongs to the call that printed it (SPEC §6)
+
+PARTIAL = """
+import sys
+from dpms import expose
+
+
+@expose.endpoint(API="$a")
+def partial_a():
+    print("PARTIAL-A-$tag", end="")
+    sys.stderr.write("PARTIAL-ERR-$tag")
+    return "a"
+
+
+@expose.endpoint(API="$b")
+def partial_b():
+    print("LINE-B-$tag")
+    sys.stderr.write("LINE-ERR-B-$tag\\n")
+    return "b"
+"""
+
+
+def test_output_without_newline_is_logged_with_its_own_call(own_server):
+    a, b, module, tag = unique("a"), unique("b"), unique("m"), uuid.uuid4().hex
+    write_atomic(own_server.plugin_dir / f"{module}.py", source(PARTIAL, a=a, b=b, tag=tag))
+    id_a, id_b = new_id(), new_id()
+    assert ok(own_server.get(f"{a}/", headers={"X-Request-Id": id_a})) == "a"
+    assert ok(own_server.get(f"{b}/", headers={"X-Request-Id": id_b})) == "b"
+    access_line(own_server, id_b)
+    lines = stderr_text(own_server).splitlines()
+    for text, rid in [
+        (f"PARTIAL-A-{tag}", id_a),
+        (f"PARTIAL-ERR-{tag}", id_a),
+        (f"LINE-B-{tag}", id_b),
+        (f"LINE-ERR-B-{tag}", id_b),
+    ]:
+        found = [l for l in lines if text in l]
+        assert len(found) == 1, (text, found)
+        assert f"id={rid}" in found[0], (text, found[0])
+        assert f"PARTIAL-A-{tag}LINE" not in found[0], found[0]
