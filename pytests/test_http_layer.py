@@ -253,3 +253,34 @@ def test_output_without_newline_is_logged_with_its_own_call(own_server):
         assert len(found) == 1, (text, found)
         assert f"id={rid}" in found[0], (text, found[0])
         assert f"PARTIAL-A-{tag}LINE" not in found[0], found[0]
+
+
+ASYNC_PARTIAL = """
+from dpms import expose
+
+
+@expose.endpoint(API="$a")
+async def async_a():
+    print("ASYNC-PARTIAL-$tag", end="")
+    return "a"
+
+
+@expose.endpoint(API="$b")
+async def async_b():
+    print("ASYNC-LINE-$tag")
+    return "b"
+"""
+
+
+def test_a_coroutine_unfinished_line_ends_with_the_coroutine(own_server):
+    a, b, module, tag = unique("a"), unique("b"), unique("m"), uuid.uuid4().hex
+    write_atomic(own_server.plugin_dir / f"{module}.py", source(ASYNC_PARTIAL, a=a, b=b, tag=tag))
+    assert ok(own_server.get(f"{a}/")) == "a"
+    id_b = new_id()
+    assert ok(own_server.get(f"{b}/", headers={"X-Request-Id": id_b})) == "b"
+    access_line(own_server, id_b)
+    lines = stderr_text(own_server).splitlines()
+    for text in (f"ASYNC-PARTIAL-{tag}", f"ASYNC-LINE-{tag}"):
+        found = [l for l in lines if text in l]
+        assert len(found) == 1, (text, found)
+    assert not [l for l in lines if f"ASYNC-PARTIAL-{tag}ASYNC-LINE" in l]
