@@ -464,7 +464,8 @@ async fn call(
             exception,
             traceback,
         }) => {
-            tracing::warn!(id = %id, api = %endpoint.api, exception = %exception, "plugin raised\n{traceback}");
+            // One record, one line: the traceback is a field, its newlines escaped.
+            tracing::warn!(id = %id, api = %endpoint.api, exception = %exception, traceback = %traceback, "plugin raised");
             Err(ApiError::Plugin {
                 api: endpoint.api.clone(),
                 exception,

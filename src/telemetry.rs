@@ -15,13 +15,21 @@
 //! one message: when it holds [`ACCESS_BATCH`] bytes and whenever the I/O thread runs out of
 //! work (the runtime's park hook). A line can therefore reach the log a few milliseconds after
 //! lines the request logged through `tracing`.
+//!
+//! Every record is one line (SPEC §6): field values and messages are written through
+//! [`Escaped`], which turns control characters (`\n`, `\r`, ESC, NEL, U+2028…) into their Rust
+//! escapes, so nothing a client sends or a plugin prints or raises can start a line of its own.
 
+use std::fmt;
 use std::io::{BufWriter, Write as _};
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use tracing::field::{Field, Visit};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{FormatFields, Writer};
 use tracing_subscriber::EnvFilter;
 
 /// The log writer thread's guard: dropping it flushes what is queued.
@@ -48,6 +56,7 @@ pub fn init(filter: &str) {
         tracing_appender::non_blocking(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(EscapedFields)
         .with_writer(writer.clone())
         .with_ansi(false)
         .try_init();
@@ -56,6 +65,93 @@ pub fn init(filter: &str) {
         if let Ok(mut slot) = GUARD.lock() {
             *slot = Some(guard);
         }
+    }
+}
+
+/// Whether `c` must not reach the log as itself: it could end a line (LF, CR, VT, FF, NEL,
+/// U+2028, U+2029) or drive a terminal (ESC and the other C0/C1 controls, DEL).
+fn must_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// A `fmt::Write` adaptor that writes control characters as their Rust escapes (`\n`,
+/// `\u{1b}`, see [`char::escape_debug`]) and everything else as is.
+pub struct Escaped<W>(pub W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut start = 0;
+        for (i, c) in s.char_indices() {
+            if must_escape(c) {
+                self.0.write_str(&s[start..i])?;
+                for e in c.escape_debug() {
+                    self.0.write_char(e)?;
+                }
+                start = i + c.len_utf8();
+            }
+        }
+        self.0.write_str(&s[start..])
+    }
+}
+
+/// Appends `text` to `buf` escaped as [`Escaped`] does; text without control characters (every
+/// ordinary path) is copied as is.
+fn push_escaped(buf: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        buf.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let _ = fmt::Write::write_str(&mut Escaped(&mut out), text);
+    buf.extend_from_slice(out.as_bytes());
+}
+
+/// The subscriber's field formatter: the default layout (`message key=value …`, strings
+/// quoted, `%` values as their `Display`) with every value written through [`Escaped`].
+struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = EscapingVisitor {
+            out: Escaped(writer),
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    out: Escaped<Writer<'writer>>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        use fmt::Write as _;
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        // Names are the code's own (`tracing` macros), written straight to the line.
+        self.result = match field.name() {
+            "message" => write!(self.out, "{sep}{value:?}"),
+            name => {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                write!(self.out.0, "{sep}{name}=").and_then(|()| write!(self.out, "{value:?}"))
+            }
+        };
     }
 }
 
@@ -109,7 +205,8 @@ pub fn format_access(buf: &mut Vec<u8>, line: &Access<'_>, now: SystemTime) {
     );
     buf.extend_from_slice(line.method.as_bytes());
     buf.extend_from_slice(b" path=");
-    buf.extend_from_slice(line.path.as_bytes());
+    // hyper accepts UTF-8 in a path, NEL and U+2028 included.
+    push_escaped(buf, line.path);
     buf.extend_from_slice(b" status=");
     buf.extend_from_slice(num.format(line.status).as_bytes());
     // Quoted and escaped as `tracing` writes a string field: an API name is a plugin's text.
@@ -191,6 +288,36 @@ mod tests {
             let l = line("-", Duration::from_micros(micros));
             assert!(l.contains(text), "{micros} us: {l}");
         }
+    }
+
+    #[test]
+    fn control_characters_in_a_path_are_escaped() {
+        let access = Access {
+            method: "GET",
+            path: "/a\u{85}b\u{2028}c\nd\u{1b}e/é",
+            status: 404,
+            endpoint: "-",
+            worker: 0,
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            elapsed: Duration::ZERO,
+            id: "x",
+        };
+        let mut buf = Vec::new();
+        format_access(&mut buf, &access, SystemTime::UNIX_EPOCH);
+        let l = String::from_utf8(buf).unwrap_or_default();
+        assert!(
+            l.contains(r" path=/a\u{85}b\u{2028}c\nd\u{1b}e/é status=404 "),
+            "{l}"
+        );
+        assert_eq!(l.lines().count(), 1, "{l}");
+    }
+
+    #[test]
+    fn escaped_writes_control_characters_as_escapes() {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = write!(Escaped(&mut out), "a\nb\r\tc\u{7f}d \"q\" \\ é");
+        assert_eq!(out, r#"a\nb\r\tc\u{7f}d "q" \ é"#);
     }
 
     #[test]

@@ -37,6 +37,8 @@ _imported = {}
 #: Modules loaded during the current batch (so each file is one module object).
 _batch = None
 _loop = None
+#: The captured ``stdout`` and ``stderr`` (plugins may rebind ``sys.stdout``).
+_streams = ()
 #: Coroutine tasks running on ``_loop``.
 _tasks = set()
 
@@ -95,14 +97,27 @@ class _LogStream:
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        pending = getattr(self._local, "pending", "") + text
+        before = getattr(self._local, "pending", "")
+        pending = before + text
         *lines, rest = pending.split("\n")
         self._local.pending = rest
         if lines:
             module = _caller_module()
             for line in lines:
                 _native.log(self.name, line, module)
+        if rest and (lines or not before):
+            # A line begun and not ended: the server calls drain() when the call that wrote
+            # it ends, so it is logged with that call and not with whatever prints next.
+            self._local.module = _caller_module()
+            _native.partial()
         return len(text)
+
+    def drain(self):
+        """Logs this thread's unfinished line, if any, as the module that began it."""
+        pending = getattr(self._local, "pending", "")
+        if pending:
+            self._local.pending = ""
+            _native.log(self.name, pending, getattr(self._local, "module", "-"))
 
     def writelines(self, lines):
         for line in lines:
@@ -208,12 +223,12 @@ def setup(native, plugin_dirs, extra_paths, extra_env=()):
 
     ``extra_env``: ``.env`` entries that are not dpms settings; plugins read them from
     ``os.environ`` as under the original framework (the process environment wins)."""
-    global _native, _loop
+    global _native, _loop, _streams
     _native = native
     for key, value in extra_env:
         os.environ.setdefault(key, value)
-    sys.stdout = _LogStream("stdout")
-    sys.stderr = _LogStream("stderr")
+    _streams = (_LogStream("stdout"), _LogStream("stderr"))
+    sys.stdout, sys.stderr = _streams
     for folder in list(plugin_dirs) + list(extra_paths):
         if folder not in sys.path:
             sys.path.append(folder)
@@ -224,6 +239,12 @@ def setup(native, plugin_dirs, extra_paths, extra_env=()):
     sys.meta_path.insert(0, _PluginFinder())
     _loop = asyncio.new_event_loop()
     threading.Thread(target=_loop.run_forever, name="dpms-asyncio", daemon=True).start()
+
+
+def drain_output():
+    """Logs what this thread printed without a final newline (called at the end of a job)."""
+    for stream in _streams:
+        stream.drain()
 
 
 class ImportTimeout(TimeoutError):

@@ -3,7 +3,7 @@
 //! call and `threading.local` survives. A call that blocks (`time.sleep`, I/O) holds only its
 //! own thread; a coroutine is handed to the helper's asyncio loop and the thread moves on.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,20 @@ thread_local! {
     /// The module whose code this thread is running and the request it runs for, to tag
     /// captured `print` output.
     static CURRENT_MODULE: RefCell<Option<(Arc<Module>, RequestId)>> = const { RefCell::new(None) };
+    /// Whether this thread's captured streams may hold a line printed without its newline.
+    static PARTIAL_OUTPUT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Logs what this thread printed without a final newline, while the job that printed it is
+/// still the current one (SPEC §6): otherwise it would be logged with the next job's line.
+/// Costs nothing when nothing is pending.
+fn drain_output(py: Python<'_>) {
+    if PARTIAL_OUTPUT.with(|p| p.replace(false)) {
+        let drained = host_module(py).and_then(|h| h.call_method0(intern!(py, "drain_output")));
+        if let Err(e) = drained {
+            tracing::warn!(cause = %e, "cannot log a plugin's unfinished output line");
+        }
+    }
 }
 
 /// Starts `count` Python threads. Calls wait in a queue of at most `max_queued` (a full queue
@@ -114,6 +128,8 @@ fn thread_main(
         if outcome.is_err() {
             tracing::error!("a Python thread job panicked");
         }
+        // After a load (a call drained already): tagged with the module that printed.
+        drain_output(py);
         CURRENT_MODULE.with(|m| m.borrow_mut().take());
     });
 }
@@ -181,6 +197,7 @@ pub fn invoke(
             )));
         }
     }
+    drain_output(py);
     CURRENT_MODULE.with(|m| m.borrow_mut().take());
     started.elapsed()
 }
@@ -389,6 +406,8 @@ impl Completion {
         } else {
             Err(raised(py, value))
         };
+        // The event loop's thread: a coroutine's unfinished line ends with it.
+        drain_output(py);
         let sender = self.reply.lock().ok().and_then(|mut r| r.take());
         if let Some(sender) = sender {
             let _ = sender.send(result);
@@ -412,6 +431,11 @@ impl Native {
     /// The innermost plugin module executing on this thread finished.
     fn import_finished(&self) {
         self.watchdog.import_finished();
+    }
+
+    /// The helper's streams on this thread hold a line printed without its newline.
+    fn partial(&self) {
+        PARTIAL_OUTPUT.with(|p| p.set(true));
     }
 
     /// One line a plugin printed, into the server log, tagged with the module running it (the
