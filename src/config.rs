@@ -188,7 +188,6 @@ pub struct Config {
     pub max_headers: usize,
     pub max_function_time: Duration,
     pub debug: bool,
-    pub multi_tenant: bool,
     pub admin_id: Option<Uuid>,
     /// The virtual environment whose site-packages are appended to `sys.path`.
     pub venv: Option<PathBuf>,
@@ -256,8 +255,6 @@ pub struct Sources {
     dotenv: HashMap<String, String>,
     env: HashMap<String, String>,
     overrides: HashMap<&'static str, String>,
-    /// Lines to log once logging is up (unknown `.env` keys).
-    pub warnings: Vec<String>,
 }
 
 impl Sources {
@@ -270,12 +267,10 @@ impl Sources {
         } else {
             Vec::new()
         };
-        let warnings = Vec::new();
         Ok(Sources::new(
             dotenv.into_iter().collect(),
             std::env::vars().collect(),
             overrides,
-            warnings,
         ))
     }
 
@@ -284,7 +279,6 @@ impl Sources {
         dotenv: HashMap<String, String>,
         env: HashMap<String, String>,
         overrides: Overrides,
-        warnings: Vec<String>,
     ) -> Sources {
         let mut map = HashMap::new();
         let pairs = [
@@ -304,7 +298,6 @@ impl Sources {
             dotenv,
             env,
             overrides: map,
-            warnings,
         }
     }
 
@@ -504,8 +497,8 @@ impl Sources {
         let workers = self.count("DPMS_WORKERS", cpus, 1..=256)?;
         let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
 
-        let multi_tenant = self.boolean("MULTI_TENANT", false)?;
-        if multi_tenant {
+        // Until tenancy exists, a security switch must not fail open (SPEC §7).
+        if self.boolean("MULTI_TENANT", false)? {
             return Err(ConfigError::TenancyUnavailable);
         }
         // `.env` keys that are not settings go to the admin interpreter's `os.environ`, as the
@@ -530,7 +523,6 @@ impl Sources {
             max_headers,
             max_function_time,
             debug: self.boolean("DEBUG", false)?,
-            multi_tenant,
             admin_id,
             venv,
             py_threads,
@@ -668,12 +660,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        Sources::new(
-            to_map(dotenv),
-            to_map(env),
-            Overrides::default(),
-            Vec::new(),
-        )
+        Sources::new(to_map(dotenv), to_map(env), Overrides::default())
     }
 
     #[test]

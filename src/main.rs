@@ -127,9 +127,6 @@ fn configure(args: &ServeArgs) -> Result<Config, String> {
     let sources = Sources::load(&workdir, args.overrides()).map_err(|e| e.to_string())?;
     let config = sources.config(&workdir).map_err(|e| e.to_string())?;
     dpms::telemetry::init(&config.log_filter);
-    for warning in &sources.warnings {
-        tracing::warn!("{warning}");
-    }
     Ok(config)
 }
 

@@ -284,6 +284,7 @@ fn custom_response(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
             "status {status} is outside 200-599 (1xx answers are the server's own)"
         )));
     }
+    const HEADERS_SHAPE: &str = "headers must be a mapping or a list of (name, value) pairs";
     let mut headers = Vec::new();
     if let Ok(h) = value.getattr(intern!(py, "headers")) {
         let pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> = if h.is_none() {
@@ -291,16 +292,12 @@ fn custom_response(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
         } else if let Ok(d) = h.cast::<PyDict>() {
             d.iter().collect()
         } else {
-            let iter = h.try_iter().map_err(|_| {
-                bad("headers must be a mapping or a list of (name, value) pairs".into())
-            })?;
+            let iter = h.try_iter().map_err(|_| bad(HEADERS_SHAPE.into()))?;
             let mut pairs = Vec::new();
             for item in iter {
                 let pair = item
                     .and_then(|i| i.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>())
-                    .map_err(|_| {
-                        bad("headers must be a mapping or a list of (name, value) pairs".into())
-                    })?;
+                    .map_err(|_| bad(HEADERS_SHAPE.into()))?;
                 pairs.push(pair);
             }
             pairs
