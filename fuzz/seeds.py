@@ -110,6 +110,14 @@ def marshal_seeds():
     req("text_plain_json", method="POST", ct="text/plain", path="x/", body='{"a": "b"}')
     req("multipart_garbage", method="POST", ct="multipart/form-data; boundary=----x", path="x/",
         body="------x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n------x--\r\n")
+    req("multipart_file", method="POST", ct="multipart/form-data; boundary=----x", path="x/1/",
+        query="a=q", body="------x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nbody\r\n"
+        "------x\r\nContent-Disposition: form-data; name=\"f\"; filename=\"f.bin\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n\x00\xff\r\n------x--\r\n")
+    req("multipart_truncated", method="POST", ct="multipart/form-data; boundary=----x", path="x/",
+        body="------x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1")
+    req("text_plain_bytes", method="PUT", ct="text/plain", sig="request", path="x/",
+        body=b"\xff\xfe<xml/>")
     req("query_bad_escape", path="x/", query="a=%&b=%C3%28")
     req("query_plus_repeat", path="x/", query="a=1&a=2&b=x+y&&c&=v&d=%2B")
     req("query_reserved", sig="reserved_names", path="x/1/",

@@ -154,7 +154,7 @@ def test_decorator_returns_function_unchanged(tmp_path):
     assert out["response_default"] == [None, 200, {}, None]
 
 
-@pytest.mark.parametrize("path", ["module1.py", "module2.py", "echo_helper.py"])
+@pytest.mark.parametrize("path", ["module1.py", "module2.py", "echo_helper.py", "notes.py"])
 def test_sample_files_compile(path):
     src = (SAMPLE_PLUGINS / path).read_text()
     compile(src, str(SAMPLE_PLUGINS / path), "exec")

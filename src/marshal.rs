@@ -4,7 +4,9 @@
 //! converts on the Python thread.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use percent_encoding::percent_decode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -64,6 +66,61 @@ pub fn parse_pairs(raw: &[u8], what: &str) -> Result<Vec<(String, String)>, ApiE
     Ok(pairs)
 }
 
+/// A file part of a `multipart/form-data` body: a `dpms.Upload` in Python (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// The part's `filename` parameter, as sent (may be empty).
+    pub filename: String,
+    /// The part's own `Content-Type`, if it sent one.
+    pub content_type: Option<String>,
+    pub data: Bytes,
+}
+
+/// One field of a `multipart/form-data` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// A part without a `filename`: a string, like a form field.
+    Text(String),
+    /// A part with a `filename`.
+    File(Arc<Upload>),
+}
+
+/// A keyword argument's value: JSON (from a JSON body, or the strings of a form body, the query
+/// and the URL) or what a multipart body brings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Json(Value),
+    Upload(Arc<Upload>),
+    /// `__body__` of a multipart body: its fields in order, a repeated name once (last value).
+    Fields(Vec<(String, Field)>),
+}
+
+impl Arg {
+    /// The value, if it is a JSON string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Arg::Json(v) => v.as_str(),
+            _ => None,
+        }
+    }
+}
+
+impl From<Value> for Arg {
+    fn from(v: Value) -> Arg {
+        Arg::Json(v)
+    }
+}
+
+impl std::fmt::Display for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Json(v) => write!(f, "{v}"),
+            Arg::Upload(u) => write!(f, "<upload {:?}, {} bytes>", u.filename, u.data.len()),
+            Arg::Fields(fields) => write!(f, "<multipart body, {} fields>", fields.len()),
+        }
+    }
+}
+
 /// What a request body held, after parsing.
 #[derive(Debug, Clone)]
 pub enum Body {
@@ -73,6 +130,58 @@ pub enum Body {
     Json(Value),
     /// `application/x-www-form-urlencoded` fields.
     Form(Vec<(String, String)>),
+    /// `multipart/form-data` fields, in order.
+    Multipart(Vec<(String, Field)>),
+    /// Any other content type: not parsed; the plugin reads `__request__.body`.
+    Raw,
+}
+
+/// How a body is read, by its content type (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No content type, `application/json` or `*/*+json`.
+    Json,
+    Form,
+    Multipart,
+    /// Anything else (`text/plain`, `application/octet-stream`, XML…).
+    Raw,
+}
+
+/// Classifies a `Content-Type` value by its media type, case-insensitively; parameters other
+/// than a multipart boundary do not matter. A missing or empty type is JSON, so clients that
+/// forget the header still work.
+pub fn body_kind(content_type: Option<&str>) -> BodyKind {
+    let essence = content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(str::trim)
+        .unwrap_or("");
+    if essence.is_empty() {
+        return BodyKind::Json;
+    }
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return BodyKind::Raw;
+    };
+    let (kind, subtype) = (kind.trim().as_bytes(), subtype.trim().as_bytes());
+    // `application/json`, or any `<type>/<name>+json` (`application/problem+json`).
+    let suffixed = subtype.len() > 5
+        && subtype[subtype.len() - 5..].eq_ignore_ascii_case(b"+json")
+        && !kind.is_empty();
+    if suffixed
+        || kind.eq_ignore_ascii_case(b"application") && subtype.eq_ignore_ascii_case(b"json")
+    {
+        BodyKind::Json
+    } else if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        BodyKind::Form
+    } else if essence.eq_ignore_ascii_case("multipart/form-data") {
+        BodyKind::Multipart
+    } else {
+        BodyKind::Raw
+    }
+}
+
+/// The body after a UTF-8 byte-order mark, if it starts with one (SPEC §5).
+fn skip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
 /// The parts of a body that feed the call.
@@ -80,39 +189,101 @@ pub enum Body {
 pub struct BodyParts {
     pub args: Vec<Value>,
     /// Keys that become kwargs (lowest precedence).
-    pub kwargs: Vec<(String, Value)>,
+    pub kwargs: Vec<(String, Arg)>,
     /// `__map__`: URL parameter renames.
     pub rename: Vec<(String, String)>,
     /// `__body__`: the body without `__map__`, as sent.
-    pub as_sent: Option<Value>,
+    pub as_sent: Option<Arg>,
 }
 
 /// Parses a body by its content type (SPEC §5): form fields for a form type (unless it is
-/// JSON-looking and parses as JSON, as `curl -d` sends), JSON for anything else.
+/// JSON-looking and parses as JSON, as `curl -d` sends), multipart fields for
+/// `multipart/form-data`, JSON for no type or a JSON type, and nothing at all for any other
+/// type (the plugin reads the bytes from `__request__.body`).
 pub fn parse_body(bytes: &[u8], content_type: Option<&str>) -> Result<Body, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Body::None);
     }
-    let is_form = content_type.is_some_and(|ct| {
-        ct.split(';').next().is_some_and(|m| {
-            m.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-    });
-    if is_form {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if matches!(first, Some(b'{') | Some(b'[')) {
-            if let Ok(v) = parse_json(bytes) {
-                return Ok(Body::Json(v));
+    match body_kind(content_type) {
+        BodyKind::Json => parse_json(bytes).map(Body::Json),
+        BodyKind::Form => {
+            let json = skip_bom(bytes);
+            let first = json.iter().find(|b| !b.is_ascii_whitespace());
+            if matches!(first, Some(b'{') | Some(b'[')) {
+                if let Ok(v) = parse_json(json) {
+                    return Ok(Body::Json(v));
+                }
             }
+            Ok(Body::Form(parse_pairs(bytes, "form body")?))
         }
-        return Ok(Body::Form(parse_pairs(bytes, "form body")?));
+        BodyKind::Multipart => {
+            parse_multipart(bytes, content_type.unwrap_or_default()).map(Body::Multipart)
+        }
+        BodyKind::Raw => Ok(Body::Raw),
     }
-    parse_json(bytes).map(Body::Json)
+}
+
+/// Parses a `multipart/form-data` body with multer. The body is already whole in memory (and
+/// within `DPMS_MAX_BODY`), so the stream multer reads is one ready chunk and none of its
+/// futures ever waits: each is polled once, to completion.
+fn parse_multipart(bytes: &[u8], content_type: &str) -> Result<Vec<(String, Field)>, ApiError> {
+    let bad =
+        |why: String| ApiError::BadRequest(format!("The multipart body is malformed: {why}."));
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        ApiError::BadRequest(
+            "A multipart/form-data body needs a `boundary` parameter in its Content-Type.".into(),
+        )
+    })?;
+    let chunk = Bytes::copy_from_slice(bytes);
+    let stream = futures_util::stream::iter([Ok::<Bytes, std::convert::Infallible>(chunk)]);
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut fields = Vec::new();
+    loop {
+        let next = poll_ready(multipart.next_field())
+            .ok_or_else(|| bad("the parser waited for more input".into()))?;
+        let Some(field) = next.map_err(|e| bad(e.to_string()))? else {
+            break;
+        };
+        let name = field
+            .name()
+            .map(str::to_string)
+            .ok_or_else(|| bad("a part has no `name` in its Content-Disposition".into()))?;
+        let filename = field.file_name().map(str::to_string);
+        let content_type = field.content_type().map(|m| m.to_string());
+        let data = poll_ready(field.bytes())
+            .ok_or_else(|| bad("the parser waited for more input".into()))?
+            .map_err(|e| bad(e.to_string()))?;
+        let value = match filename {
+            Some(filename) => Field::File(Arc::new(Upload {
+                filename,
+                content_type,
+                data,
+            })),
+            None => Field::Text(String::from_utf8(data.to_vec()).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "The multipart field `{name}` is not valid UTF-8; send binary data as a \
+                     file (a part with a filename)."
+                ))
+            })?),
+        };
+        fields.push((name, value));
+    }
+    Ok(fields)
+}
+
+/// Polls a future once. Used only on futures that read from an in-memory stream, which are
+/// ready at once; `None` if one ever is not (a parser change), answered as a bad body.
+fn poll_ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(bytes)
+    let v: Value = serde_json::from_slice(skip_bom(bytes))
         .map_err(|e| ApiError::BadRequest(format!("The body is not valid JSON: {e}.")))?;
     check_numbers(&v)?;
     Ok(v)
@@ -141,7 +312,7 @@ fn check_numbers(v: &Value) -> Result<(), ApiError> {
 /// Splits a parsed body into positional args, kwargs, `__map__` and `__body__`.
 pub fn body_parts(body: Body) -> Result<BodyParts, ApiError> {
     match body {
-        Body::None => Ok(BodyParts::default()),
+        Body::None | Body::Raw => Ok(BodyParts::default()),
         Body::Form(fields) => {
             let as_sent = Value::Object(
                 fields
@@ -152,9 +323,29 @@ pub fn body_parts(body: Body) -> Result<BodyParts, ApiError> {
             Ok(BodyParts {
                 kwargs: fields
                     .into_iter()
-                    .map(|(k, v)| (k, Value::String(v)))
+                    .map(|(k, v)| (k, Arg::Json(Value::String(v))))
                     .collect(),
-                as_sent: Some(as_sent),
+                as_sent: Some(Arg::Json(as_sent)),
+                ..BodyParts::default()
+            })
+        }
+        Body::Multipart(fields) => {
+            let kwargs = fields
+                .iter()
+                .map(|(k, v)| {
+                    let arg = match v {
+                        Field::Text(s) => Arg::Json(Value::String(s.clone())),
+                        Field::File(u) => Arg::Upload(Arc::clone(u)),
+                    };
+                    (k.clone(), arg)
+                })
+                .collect();
+            // A repeated name appears once, with its last value, as in a form body's object.
+            let mut once: indexmap::IndexMap<String, Field> = indexmap::IndexMap::new();
+            once.extend(fields);
+            Ok(BodyParts {
+                kwargs,
+                as_sent: Some(Arg::Fields(once.into_iter().collect())),
                 ..BodyParts::default()
             })
         }
@@ -172,13 +363,13 @@ pub fn body_parts(body: Body) -> Result<BodyParts, ApiError> {
             let kwargs = map
                 .iter()
                 .filter(|(k, _)| k.as_str() != "args")
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), Arg::Json(v.clone())))
                 .collect();
             Ok(BodyParts {
                 args,
                 kwargs,
                 rename,
-                as_sent: Some(Value::Object(map)),
+                as_sent: Some(Arg::Json(Value::Object(map))),
             })
         }
         Body::Json(Value::Array(items)) => array_form(items),
@@ -211,7 +402,10 @@ fn array_form(items: Vec<Value>) -> Result<BodyParts, ApiError> {
                     "In an [args, kwargs] body the object must not have an \"args\" key.".into(),
                 ));
             }
-            let kwargs = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let kwargs = map
+                .iter()
+                .map(|(k, v)| (k.clone(), Arg::Json(v.clone())))
+                .collect();
             as_sent.push(Value::Object(map));
             (kwargs, rename)
         }
@@ -224,7 +418,7 @@ fn array_form(items: Vec<Value>) -> Result<BodyParts, ApiError> {
         args,
         kwargs,
         rename,
-        as_sent: Some(Value::Array(as_sent)),
+        as_sent: Some(Arg::Json(Value::Array(as_sent))),
     })
 }
 
@@ -315,7 +509,7 @@ pub type Key = Cow<'static, str>;
 #[derive(Debug, Default)]
 pub struct CallArgs {
     pub args: Vec<Value>,
-    pub kwargs: Vec<(Key, Value)>,
+    pub kwargs: Vec<(Key, Arg)>,
     /// Whether `__request__` is passed (always with `**kwargs`, else only if named).
     pub pass_request: bool,
 }
@@ -326,7 +520,7 @@ pub fn bind(
     func: &str,
     sig: &Signature,
     args: Vec<Value>,
-    kwargs: Vec<(Key, Value)>,
+    kwargs: Vec<(Key, Arg)>,
 ) -> Result<CallArgs, ApiError> {
     let positional: Vec<&Param> = sig.positional().collect();
     if !sig.var_positional && args.len() > positional.len() {
@@ -337,7 +531,7 @@ pub fn bind(
             args.len()
         )));
     }
-    let kwargs: Vec<(Key, Value)> = if sig.var_keyword {
+    let kwargs: Vec<(Key, Arg)> = if sig.var_keyword {
         kwargs
     } else {
         kwargs
@@ -421,7 +615,7 @@ pub struct Marshalled {
 /// The kwargs being assembled: insertion order, a later source replacing an earlier one's value
 /// in place (SPEC §5). Sized for a typical call up front; hashed with foldhash, as the keys are
 /// hashed once per request.
-type KwargsMap = indexmap::IndexMap<Key, Value, foldhash::fast::RandomState>;
+type KwargsMap = indexmap::IndexMap<Key, Arg, foldhash::fast::RandomState>;
 
 /// Builds the call for one request (SPEC §5): kwargs from body < query < URL parameters <
 /// reserved keys, renamed by `__map__`, then bound to the signature. Every problem is a 4xx.
@@ -455,7 +649,7 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
         kwargs.insert(Cow::Owned(k), v);
     }
     for (k, v) in query.into_iter().filter(|(k, _)| not_reserved(k)) {
-        kwargs.insert(Cow::Owned(k), Value::String(v));
+        kwargs.insert(Cow::Owned(k), Arg::Json(Value::String(v)));
     }
     for (&name, value) in target.url_parm_names.iter().zip(req.params) {
         let renamed = body.rename.iter().find(|(from, _)| from == name);
@@ -466,14 +660,15 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
             None if RESERVED.contains(&name) => continue,
             None => Cow::Borrowed(name),
         };
-        kwargs.insert(key, Value::String(value.clone()));
+        kwargs.insert(key, Arg::Json(Value::String(value.clone())));
     }
-    kwargs.insert(Cow::Borrowed("func"), Value::String(target.api.to_string()));
+    let text = |s: &str| Arg::Json(Value::String(s.to_string()));
+    kwargs.insert(Cow::Borrowed("func"), text(target.api));
     if let Some(m) = req.module {
-        kwargs.insert(Cow::Borrowed("module"), Value::String(m.to_string()));
+        kwargs.insert(Cow::Borrowed("module"), text(m));
     }
     if let Some(u) = req.uuid {
-        kwargs.insert(Cow::Borrowed("uuid"), Value::String(u.to_string()));
+        kwargs.insert(Cow::Borrowed("uuid"), text(u));
     }
     if let Some(sent) = body.as_sent {
         kwargs.insert(Cow::Borrowed("__body__"), sent);
@@ -485,4 +680,89 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
         kwargs.into_iter().collect(),
     )?;
     Ok(Marshalled { call, json })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_kinds() {
+        use BodyKind::*;
+        for (ct, kind) in [
+            (None, Json),
+            (Some(""), Json),
+            (Some(" ; charset=utf-8"), Json),
+            (Some("application/json"), Json),
+            (Some("Application/JSON; charset=utf-8"), Json),
+            (Some("application/problem+json"), Json),
+            (Some("application/vnd.api+JSON"), Json),
+            (Some("application/+json"), Raw),
+            (Some("/x+json"), Raw),
+            (Some("application/x-www-form-urlencoded"), Form),
+            (Some(" APPLICATION/X-WWW-FORM-URLENCODED ;"), Form),
+            (Some("multipart/form-data; boundary=x"), Multipart),
+            (Some("multipart/form-data"), Multipart),
+            (Some("multipart/mixed; boundary=x"), Raw),
+            (Some("text/plain"), Raw),
+            (Some("text/json"), Raw),
+            (Some("application/octet-stream"), Raw),
+            (Some("application/xml"), Raw),
+            (Some("garbage"), Raw),
+            (Some("ü/ü+json"), Json),
+        ] {
+            assert_eq!(body_kind(ct), kind, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn multipart_fields_in_order() -> Result<(), ApiError> {
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"t\"\r\n\r\nhi\r\n\
+            --b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.bin\"\r\n\
+            Content-Type: application/octet-stream\r\n\r\n\x00\xff\r\n--b--\r\n";
+        let Body::Multipart(fields) = parse_body(body, Some("multipart/form-data; boundary=b"))?
+        else {
+            return Err(ApiError::Internal("not multipart".into()));
+        };
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[0], ("t".to_string(), Field::Text("hi".into())));
+        let upload = Upload {
+            filename: "a.bin".into(),
+            content_type: Some("application/octet-stream".into()),
+            data: Bytes::from_static(b"\x00\xff"),
+        };
+        assert_eq!(fields[1], ("f".to_string(), Field::File(Arc::new(upload))));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_multipart_is_400() {
+        for (ct, body) in [
+            ("multipart/form-data", &b"--b\r\n\r\nx\r\n--b--\r\n"[..]),
+            (
+                "multipart/form-data; boundary=b",
+                b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1",
+            ),
+            ("multipart/form-data; boundary=b", b"nothing"),
+        ] {
+            let got = parse_body(body, Some(ct));
+            assert!(
+                matches!(got, Err(ApiError::BadRequest(_))),
+                "{ct} {body:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn raw_and_bom() -> Result<(), ApiError> {
+        assert!(matches!(
+            parse_body(b"{\"a\": 1}", Some("text/plain"))?,
+            Body::Raw
+        ));
+        assert!(matches!(
+            parse_body(b"\xEF\xBB\xBF{\"a\": 1}", None)?,
+            Body::Json(_)
+        ));
+        Ok(())
+    }
 }

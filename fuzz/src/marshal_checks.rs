@@ -330,7 +330,10 @@ impl Ctx<'_> {
         let sig = self.target.sig;
         let call = &m.call;
         let takes_body = !matches!(self.req.method, "GET" | "HEAD" | "OPTIONS");
-        let has_body = takes_body && !self.req.body.iter().all(u8::is_ascii_whitespace);
+        // A body of a type dpms does not parse (`text/plain`…) gives no `__body__` (SPEC §5).
+        let parsed = marshal::body_kind(self.req.content_type) != marshal::BodyKind::Raw;
+        let has_body =
+            takes_body && parsed && !self.req.body.iter().all(u8::is_ascii_whitespace);
         let keys: Vec<&str> = call.kwargs.iter().map(|(k, _)| k.as_ref()).collect();
         let kwarg = |name: &str| call.kwargs.iter().find(|(k, _)| k == name).map(|(_, v)| v);
 

@@ -10,6 +10,7 @@ loads the plugin. Nothing here needs the server, so a plugin imports and runs un
 
 from dpms import expose
 from dpms.response import Response
+from dpms.upload import Upload
 
-__all__ = ["expose", "Response"]
+__all__ = ["expose", "Response", "Upload"]
 __version__ = "0.1.0"

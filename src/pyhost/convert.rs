@@ -13,6 +13,8 @@ use pyo3::types::{
 use pyo3::{intern, IntoPyObjectExt};
 use serde_json::Value;
 
+use crate::marshal::{Arg, Field, Upload};
+
 /// Deepest nesting a result may have (SPEC §6).
 pub const MAX_DEPTH: usize = 256;
 
@@ -29,6 +31,34 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
         Value::Bool(b) => b.into_bound_py_any(py),
         other => pythonize::pythonize(py, other).map_err(PyErr::from),
     }
+}
+
+/// Converts a keyword argument: JSON as [`to_py`], a multipart file as a `dpms.Upload`, a
+/// multipart `__body__` as a dict of its fields (SPEC §5).
+pub fn arg_to_py<'py>(py: Python<'py>, arg: &Arg) -> PyResult<Bound<'py, PyAny>> {
+    match arg {
+        Arg::Json(v) => to_py(py, v),
+        Arg::Upload(u) => upload(py, u),
+        Arg::Fields(fields) => {
+            let d = PyDict::new(py);
+            for (name, field) in fields {
+                match field {
+                    Field::Text(s) => d.set_item(name, s)?,
+                    Field::File(u) => d.set_item(name, upload(py, u)?)?,
+                }
+            }
+            Ok(d.into_any())
+        }
+    }
+}
+
+fn upload<'py>(py: Python<'py>, u: &Upload) -> PyResult<Bound<'py, PyAny>> {
+    static UPLOAD: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    UPLOAD.import(py, "dpms", "Upload")?.call1((
+        &u.filename,
+        u.content_type.as_deref(),
+        PyBytes::new(py, &u.data),
+    ))
 }
 
 /// Why a result could not be converted.

@@ -55,6 +55,12 @@ const PACKAGES: &[(&str, bool, &str, &str)] = &[
         include_str!("../../python/dpms/response.py"),
     ),
     (
+        "dpms.upload",
+        false,
+        "dpms/upload.py",
+        include_str!("../../python/dpms/upload.py"),
+    ),
+    (
         "dpms",
         true,
         "dpms/__init__.py",

@@ -16,7 +16,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
 
-use super::convert::{to_py, write_json};
+use super::convert::{arg_to_py, to_py, write_json};
 use super::keys::Keys;
 use super::request::{PyRequest, RequestInfo};
 use super::watchdog::Watchdog;
@@ -216,7 +216,7 @@ fn build_args<'py>(
     let kwargs = PyDict::new(py);
     let mut keys = Keys::lock();
     for (k, v) in &args.kwargs {
-        kwargs.set_item(keys.get(py, k), to_py(py, v)?)?;
+        kwargs.set_item(keys.get(py, k), arg_to_py(py, v)?)?;
     }
     drop(keys);
     if args.pass_request {
