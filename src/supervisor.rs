@@ -363,7 +363,7 @@ pub struct WorkerEnv {
     pub listener: TcpListener,
     pub index: usize,
     pub state_dir: Option<std::path::PathBuf>,
-    ready: Option<std::fs::File>,
+    ready: Arc<std::fs::File>,
 }
 
 impl WorkerEnv {
@@ -393,11 +393,14 @@ impl WorkerEnv {
         // SAFETY: the supervisor passed these descriptors open and for us alone to own.
         let listener = unsafe { TcpListener::from_raw_fd(listen) };
         let ready = unsafe { std::fs::File::from_raw_fd(ready) };
+        // Open for the worker's whole life (a closed number would be reused, for a client
+        // socket), and closed in every child plugin code forks.
+        crate::fork_guard::protect_channel(ready.as_raw_fd());
         Ok(WorkerEnv {
             listener,
             index,
             state_dir: std::env::var_os(ENV_STATE_DIR).map(Into::into),
-            ready: Some(ready),
+            ready: Arc::new(ready),
         })
     }
 
@@ -406,6 +409,7 @@ impl WorkerEnv {
         let ready = Ready {
             index: self.index,
             pipe: self.ready,
+            sent: false,
         };
         (self.index, self.listener, ready)
     }
@@ -417,25 +421,24 @@ pub type RetireNotice = Box<dyn FnOnce(&str) + Send>;
 /// Tells the supervisor, once, that this worker has loaded its plugins.
 pub struct Ready {
     index: usize,
-    pipe: Option<std::fs::File>,
+    pipe: Arc<std::fs::File>,
+    sent: bool,
 }
 
 impl Ready {
     pub fn send(&mut self) {
-        if let Some(f) = self.pipe.take() {
-            notify(&f, &format!("ready {}\n", self.index));
+        if !std::mem::replace(&mut self.sent, true) {
+            notify(&self.pipe, &format!("ready {}\n", self.index));
         }
     }
 
     /// A handle that tells the supervisor this worker is retiring (see `pyhost::Watchdog`).
     pub fn retire_notice(&self) -> RetireNotice {
-        let pipe = self.pipe.as_ref().and_then(|f| f.try_clone().ok());
+        let pipe = Arc::clone(&self.pipe);
         let index = self.index;
         Box::new(move |reason| {
             tracing::warn!(reason, "asking the supervisor for a replacement");
-            if let Some(f) = pipe {
-                notify(&f, &format!("retire {index}\n"));
-            }
+            notify(&pipe, &format!("retire {index}\n"));
         })
     }
 }

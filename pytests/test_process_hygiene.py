@@ -1,0 +1,184 @@
+"""Issue 10, "faults stay where they belong" (SPEC §9): what plugin code can reach of the server
+process, and what a killed server leaves behind.
+
+Each test starts its own server (dedicated folders, its own port) and cleans up every process
+it made.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import requests
+
+from dpms_helpers import STOP_TIMEOUT, TIMEOUT, ok, source, wait_for, write_atomic
+
+CONTROL_VARIABLES = ("DPMS_LISTEN_FD", "DPMS_READY_FD", "DPMS_WORKER_INDEX", "DPMS_STATE_DIR")
+
+
+def children_of(pid: int) -> list[int]:
+    """The live (non-zombie) processes whose parent is ``pid``."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat_line.rsplit(")", 1)[-1].split()
+        if len(fields) >= 2 and fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def port_socket_inodes(port: int) -> set[str]:
+    """Inodes of every TCP socket (listening or connected) whose local port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = pathlib.Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[9] != "0":
+                inodes.add(fields[9])
+    return inodes
+
+
+def fd_links(pid: int) -> dict[str, str]:
+    out = {}
+    folder = pathlib.Path(f"/proc/{pid}/fd")
+    for entry in folder.iterdir():
+        try:
+            out[entry.name] = os.readlink(entry)
+        except OSError:
+            continue
+    return out
+
+
+def kill_all(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def terminate(server) -> None:
+    """SIGTERM to the supervisor; waits (bounded) for it to exit."""
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(STOP_TIMEOUT + 10)
+
+
+# --- Forked children keep nothing of the server ----------------------------------------------
+
+FORKER = """
+import multiprocessing
+import os
+import subprocess
+import time
+
+from vyperlogix.decorators import expose
+
+
+def hold(mark):
+    # Past fork() in the child (its fork handlers have run): tell the parent, then linger.
+    open(mark, "w").close()
+    time.sleep(60)
+
+
+def wait_for(mark):
+    for _ in range(3000):
+        if os.path.exists(mark):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"the child never wrote {mark}")
+
+
+@expose.endpoint(method="GET", API="fork-bare")
+def fork_bare(marks, **kwargs):
+    mark = os.path.join(marks, "bare")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            hold(mark)
+        finally:
+            os._exit(0)
+    wait_for(mark)
+    return pid
+
+
+@expose.endpoint(method="GET", API="fork-mp")
+def fork_mp(marks, **kwargs):
+    mark = os.path.join(marks, "mp")
+    child = multiprocessing.get_context("fork").Process(target=hold, args=(mark,))
+    child.start()
+    wait_for(mark)
+    return child.pid
+
+
+@expose.endpoint(method="GET", API="fork-exec")
+def fork_exec(marks, **kwargs):
+    return subprocess.Popen(["sleep", "60"], close_fds=False).pid
+"""
+
+
+def test_forked_children_do_not_keep_the_port(start_server, plugin_folder, tmp_path):
+    (plugin_folder / "forker.py").write_text(FORKER)
+    server = start_server(env={"DPMS_WORKERS": "1"}, plugin_dirs=[plugin_folder])
+    forked = []
+    try:
+        for api in ("fork-bare", "fork-mp", "fork-exec"):
+            # Each answers once its child runs (past fork, or exec'd).
+            forked.append(ok(server.get(f"{api}/", params={"marks": str(tmp_path)})))
+        server_sockets = port_socket_inodes(server.port)
+        assert server_sockets, "the listener is not in /proc/net/tcp"
+        for pid in forked:
+            assert alive(pid), f"child {pid} is gone"
+            held = {link for link in fd_links(pid).values() if link.startswith("socket:[")}
+            leaked = {link for link in held if link[len("socket:[") : -1] in server_sockets}
+            assert not leaked, f"child {pid} holds the server's sockets {leaked}"
+
+        # A signal to a child is the child's: tokio's handlers, inherited, made SIGTERM to it
+        # shut down its parent worker instead.
+        bare = forked[0]
+        os.kill(bare, signal.SIGTERM)
+        wait_for(lambda: not alive(bare), timeout=STOP_TIMEOUT, what="SIGTERM to end the child")
+        assert server.get("__dir__/").status_code == 200
+        assert "signal received" not in server.log(), server.log()[-2000:]
+
+        terminate(server)
+        assert all(alive(pid) for pid in forked[1:]), "the children must outlive the server here"
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(("127.0.0.1", server.port))
+            except ConnectionRefusedError:
+                pass
+            else:
+                raise AssertionError(f"port {server.port} still accepts connections after SIGTERM")
+        # What a restarting server does (dpms binds with SO_REUSEADDR).
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", server.port))
+            again.listen(1)
+    finally:
+        kill_all(forked)
