@@ -182,3 +182,34 @@ def test_forked_children_do_not_keep_the_port(start_server, plugin_folder, tmp_p
             again.listen(1)
     finally:
         kill_all(forked)
+
+
+# --- The state folder (SPEC §9) --------------------------------------------------------------
+
+
+def test_state_folder_of_a_killed_server_is_removed_at_next_start(start_server, plugin_folder, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"DPMS_WORKERS": "1", "TMPDIR": str(temp)}
+
+    def state_folders():
+        return sorted(p for p in temp.iterdir() if p.name.startswith("dpms-") and p.is_dir())
+
+    first = start_server(env=env, plugin_dirs=[plugin_folder])
+    (old,) = state_folders()
+    assert old.name.startswith(f"dpms-{first.proc.pid}-"), old
+    workers = children_of(first.proc.pid)
+    assert len(workers) == 1, workers
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(STOP_TIMEOUT)
+    # The workers die with their supervisor (PR_SET_PDEATHSIG).
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=STOP_TIMEOUT, what="workers to die")
+    assert old.exists(), "SIGKILL leaves the folder behind: the next start removes it"
+
+    second = start_server(env=env, plugin_dirs=[plugin_folder])
+    assert not old.exists(), "the stale state folder was not removed"
+    (new,) = state_folders()
+    assert new.name != old.name
+    assert new.name.startswith(f"dpms-{second.proc.pid}-"), new
+    assert stat.S_IMODE(new.stat().st_mode) == 0o700, oct(new.stat().st_mode)
+    assert new.stat().st_uid == os.geteuid()
