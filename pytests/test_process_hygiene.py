@@ -155,7 +155,7 @@ def test_forked_children_do_not_keep_the_port(start_server, plugin_folder, tmp_p
             assert alive(pid), f"child {pid} is gone"
             held = {link for link in fd_links(pid).values() if link.startswith("socket:[")}
             leaked = {link for link in held if link[len("socket:[") : -1] in server_sockets}
-            assert not leaked, f"child {pid} holds the server's sockets {leaked}"
+            assert not leaked, f"child {pid} holds the server's sockets {leaked}: {fd_links(pid)}"
 
         # A signal to a child is the child's: tokio's handlers, inherited, made SIGTERM to it
         # shut down its parent worker instead.
@@ -213,3 +213,80 @@ def test_state_folder_of_a_killed_server_is_removed_at_next_start(start_server, 
     assert new.name.startswith(f"dpms-{second.proc.pid}-"), new
     assert stat.S_IMODE(new.stat().st_mode) == 0o700, oct(new.stat().st_mode)
     assert new.stat().st_uid == os.geteuid()
+
+
+# --- Control descriptors and variables stay out of reach (SPEC §9) ---------------------------
+
+PROBER = """
+import os
+import stat
+
+from vyperlogix.decorators import expose
+
+
+@expose.endpoint(method="GET", API="control-vars")
+def control_vars(**kwargs):
+    return sorted(k for k in os.environ if k.startswith("DPMS_"))
+
+
+@expose.endpoint(method="GET", API="whoami")
+def whoami(**kwargs):
+    return os.getpid()
+
+
+@expose.endpoint(method="GET", API="write-junk")
+def write_junk(own, workers, **kwargs):
+    own, workers = int(own), int(workers)
+    # Lines that look like another worker's notices first, then garbage.
+    junk = [f"retire {i}\\n".encode() for i in range(-1, workers + 20) if i != own]
+    junk += [f"ready {i}\\n".encode() for i in range(workers + 2)]
+    junk += [b"retire 1 2\\n", b"retire\\n", b"ready\\n", b"x" * 5000 + f" retire {own}\\n".encode()]
+    junk += [b"\\x00\\xffgarbage\\n", b"unterminated retire 0"]
+    written = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            for chunk in junk:
+                os.write(fd, chunk)
+        except OSError:
+            continue
+        written.append(fd)
+    return written
+"""
+
+
+def test_plugins_cannot_reach_the_control_channel(start_server, plugin_folder):
+    workers = 2
+    (plugin_folder / "prober.py").write_text(PROBER)
+    server = start_server(env={"DPMS_WORKERS": str(workers)}, plugin_dirs=[plugin_folder])
+    supervisor = server.proc.pid
+    started = children_of(supervisor)
+    assert len(started) == workers, started
+
+    for _ in range(2 * workers):
+        got = ok(server.get("control-vars/"))
+        assert not set(got) & set(CONTROL_VARIABLES), got
+
+    with requests.Session() as session:
+        # One kept-alive connection: both calls reach the same worker.
+        r = session.get(server.abs("whoami/"), timeout=TIMEOUT)
+        own = r.headers["X-Dpms-Worker"]
+        pid = ok(r)
+        r = session.get(server.abs(f"write-junk/?own={own}&workers={workers}"), timeout=TIMEOUT)
+        written = ok(r)
+        assert r.headers["X-Dpms-Worker"] == own and ok(session.get(server.abs("whoami/"))) == pid
+    assert written, "the worker's channel is a pipe the plugin can find"
+
+    wait_for(
+        lambda: "unexpected data on the worker's channel" in server.log(),
+        timeout=10,
+        what="the supervisor to notice the junk",
+    )
+    log = server.log()
+    assert "retiring" not in log, log
+    assert log.count("worker started") == workers, log
+    assert sorted(children_of(supervisor)) == sorted(started)
+    for _ in range(2 * workers):
+        assert isinstance(ok(server.get("whoami/")), int)
