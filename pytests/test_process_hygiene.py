@@ -12,8 +12,6 @@ import pathlib
 import signal
 import socket
 import stat
-import subprocess
-import time
 
 import requests
 
@@ -290,3 +288,73 @@ def test_plugins_cannot_reach_the_control_channel(start_server, plugin_folder):
     assert sorted(children_of(supervisor)) == sorted(started)
     for _ in range(2 * workers):
         assert isinstance(ok(server.get("whoami/")), int)
+
+
+# --- A plugin that patches what the host uses does not stop reloading (SPEC §9) --------------
+
+SABOTEUR = """
+import builtins
+import inspect
+import json
+import os
+import traceback
+
+from vyperlogix.decorators import expose
+
+
+def boom(*args, **kwargs):
+    raise ZeroDivisionError("patched by a plugin")
+
+
+@expose.endpoint(method="GET", API="sabotage")
+def sabotage(**kwargs):
+    json.dumps = boom
+    json.JSONEncoder = boom
+    builtins.compile = boom
+    builtins.exec = boom
+    builtins.open = boom
+    os.stat = boom
+    inspect.signature = boom
+    inspect.getdoc = boom
+    traceback.format_exception = boom
+    return "patched"
+
+
+@expose.endpoint(method="GET", API="sabotaged-raises")
+def raises(**kwargs):
+    raise ValueError("still reported")
+"""
+
+VERSIONED = """
+from vyperlogix.decorators import expose
+
+
+@expose.endpoint(method="GET", API="$api")
+def version(**kwargs):
+    return "$ver"
+"""
+
+
+def test_patching_what_the_host_uses_does_not_stop_reloads(start_server, plugin_folder):
+    (plugin_folder / "saboteur.py").write_text(SABOTEUR)
+    (plugin_folder / "edited.py").write_text(source(VERSIONED, api="edited", ver="v1"))
+    server = start_server(env={"DPMS_WORKERS": "1"}, plugin_dirs=[plugin_folder])
+    assert ok(server.get("edited/")) == "v1"
+    assert ok(server.get("sabotage/")) == "patched"
+
+    write_atomic(plugin_folder / "edited.py", source(VERSIONED, api="edited", ver="v2"))
+    r = server.get("edited/")
+    assert r.status_code == 200 and ok(r) == "v2", server.log()[-3000:]
+    write_atomic(plugin_folder / "added.py", source(VERSIONED, api="added", ver="new"))
+    assert ok(server.get("added/")) == "new"
+
+    # An import error and a plugin's exception are still reported (tracebacks need os.stat).
+    broken = source(VERSIONED, api="edited", ver="v3") + "\nraise RuntimeError('half-saved')\n"
+    write_atomic(plugin_folder / "edited.py", broken)
+    r = server.get("edited/")
+    assert r.status_code == 500 and "RuntimeError: half-saved" in r.json()["exception"], server.log()[-3000:]
+    write_atomic(plugin_folder / "edited.py", source(VERSIONED, api="edited", ver="v4"))
+    assert ok(server.get("edited/")) == "v4"
+    r = server.get("sabotaged-raises/")
+    assert r.status_code == 500 and r.json()["exception"] == "ValueError: still reported", r.text
+    assert "Traceback" in server.log()
