@@ -317,6 +317,12 @@ def sabotage(**kwargs):
     inspect.signature = boom
     inspect.getdoc = boom
     traceback.format_exception = boom
+    try:
+        import dpms._host as host
+    except ImportError:
+        pass
+    else:
+        host.load_batch = host._describe = host.exception_text = boom
     return "patched"
 
 
