@@ -5,6 +5,7 @@
 //! - [`telemetry`]: the log subscriber.
 //! - [`supervisor`]: `dpms serve`: the listener and the worker processes kept alive.
 //! - [`state_dir`]: the supervisor's private shared state folder, stale ones removed.
+//! - [`fork_guard`]: what processes forked by plugin code must not keep.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fork_guard;
 pub mod marshal;
 pub mod plugins;
 pub mod pyhost;
@@ -63,6 +65,8 @@ pub fn run(
     if let Some(bytes) = config.worker_memory {
         limit_address_space(bytes)?;
     }
+    // Before any plugin code runs: a child it forks must not keep the port.
+    fork_guard::install(&listener);
     let config = Arc::new(config);
     let host = Arc::new(pyhost::PyHost::start(&config, worker)?);
     let retired = Arc::new(tokio::sync::Notify::new());

@@ -8,13 +8,13 @@
 //! `PR_SET_PDEATHSIG` each worker sets fires when the *thread* that forked it exits, so this is
 //! what makes workers die with the supervisor and never keep the port with old code.
 
-use std::io::{BufRead, BufReader, PipeWriter};
+use std::io::{PipeReader, Read};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Environment variables a worker reads from its supervisor.
@@ -40,12 +40,108 @@ pub struct Plan {
     pub shutdown_time: Duration,
 }
 
-/// What a worker tells the supervisor over the shared pipe, one line each.
+/// What a worker tells the supervisor over its own pipe, one line each.
 enum Notice {
     /// `ready <index>`: plugins loaded, serving.
-    Ready(usize),
+    Ready,
     /// `retire <index>`: stuck code makes it useless; replace it now, it exits by itself.
-    Retire(usize),
+    Retire,
+}
+
+/// The longest line a worker sends; anything longer is garbage.
+const MAX_LINE: usize = 32;
+/// The most read from one worker's pipe per pass, so a flood cannot stall the monitor.
+const MAX_READ: usize = 4096;
+
+/// The read end of one worker's own pipe (SPEC §9). Plugin code runs in the worker and can
+/// write to it, so what arrives speaks for that worker only, whatever index it names: a line
+/// other than that worker's `ready`/`retire`, a second one of either, or an overlong line is
+/// ignored (and logged once per worker), never acted on.
+struct Channel {
+    reader: PipeReader,
+    pending: Vec<u8>,
+    /// Inside an overlong line: drop bytes up to the next newline.
+    discarding: bool,
+    ready: bool,
+    retire: bool,
+    warned: bool,
+}
+
+impl Channel {
+    fn new(reader: PipeReader) -> std::io::Result<Channel> {
+        let fd = reader.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this process owns.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(Channel {
+            reader,
+            pending: Vec::new(),
+            discarding: false,
+            ready: false,
+            retire: false,
+            warned: false,
+        })
+    }
+
+    /// What worker `index` said since the last pass (never blocks).
+    fn poll(&mut self, index: usize) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        let mut buf = [0u8; 512];
+        let mut total = 0;
+        while total < MAX_READ {
+            let n = match self.reader.read(&mut buf) {
+                Ok(0) | Err(_) => break, // EOF (the worker is gone), or nothing more for now
+                Ok(n) => n,
+            };
+            total += n;
+            for &byte in &buf[..n] {
+                if byte == b'\n' {
+                    let line = std::mem::take(&mut self.pending);
+                    if std::mem::replace(&mut self.discarding, false) {
+                        self.reject(index);
+                    } else if let Some(notice) = self.accept(index, &line) {
+                        notices.push(notice);
+                    }
+                } else if !self.discarding {
+                    self.pending.push(byte);
+                    if self.pending.len() > MAX_LINE {
+                        self.pending.clear();
+                        self.discarding = true;
+                    }
+                }
+            }
+        }
+        notices
+    }
+
+    fn accept(&mut self, index: usize, line: &[u8]) -> Option<Notice> {
+        let (flag, notice) = if line == format!("ready {index}").as_bytes() {
+            (&mut self.ready, Notice::Ready)
+        } else if line == format!("retire {index}").as_bytes() {
+            (&mut self.retire, Notice::Retire)
+        } else {
+            self.reject(index);
+            return None;
+        };
+        if std::mem::replace(flag, true) {
+            self.reject(index); // one of each per worker process
+            return None;
+        }
+        Some(notice)
+    }
+
+    fn reject(&mut self, index: usize) {
+        if !std::mem::replace(&mut self.warned, true) {
+            tracing::warn!(
+                worker = index,
+                "ignoring unexpected data on the worker's channel (plugin code writing to it?)"
+            );
+        }
+    }
 }
 
 /// A retired worker draining its requests, killed if it outstays its grace period.
@@ -57,6 +153,8 @@ struct Retiring {
 /// One worker slot: its process, if running, and when to (re)start it.
 struct Slot {
     child: Option<Child>,
+    /// The running worker's channel.
+    channel: Option<Channel>,
     started: Instant,
     restart_at: Instant,
     backoff: Duration,
@@ -79,41 +177,11 @@ pub fn run(
             parent.display()
         )
     })?;
-    let (ready_reader, ready_writer) =
-        std::io::pipe().map_err(|e| format!("cannot create the readiness pipe: {e}"))?;
-    let (ready_tx, ready_rx) = mpsc::channel::<Notice>();
-    std::thread::Builder::new()
-        .name("dpms-ready".into())
-        .spawn(move || {
-            for line in BufReader::new(ready_reader).lines().map_while(Result::ok) {
-                let notice = match line.split_once(' ') {
-                    Some(("ready", i)) => i.parse().ok().map(Notice::Ready),
-                    Some(("retire", i)) => i.parse().ok().map(Notice::Retire),
-                    _ => None,
-                };
-                if let Some(n) = notice {
-                    let _ = ready_tx.send(n);
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start a thread: {e}"))?;
-
     let monitor = std::thread::Builder::new()
         .name("dpms-supervisor".into())
         .spawn({
             let state = state.clone();
-            move || {
-                monitor(
-                    plan,
-                    exe,
-                    &state,
-                    listener,
-                    ready_writer,
-                    ready_rx,
-                    stop,
-                    announce,
-                )
-            }
+            move || monitor(plan, exe, &state, listener, stop, announce)
         })
         .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
     let result = monitor
@@ -123,14 +191,11 @@ pub fn run(
     result?
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn monitor(
     plan: Plan,
     exe: std::path::PathBuf,
     state: &std::path::Path,
     listener: TcpListener,
-    ready_writer: PipeWriter,
-    ready_rx: mpsc::Receiver<Notice>,
     stop: Arc<AtomicBool>,
     announce: impl FnOnce(),
 ) -> Result<(), String> {
@@ -138,15 +203,13 @@ fn monitor(
     let mut slots: Vec<Slot> = (0..plan.workers)
         .map(|_| Slot {
             child: None,
+            channel: None,
             started: now,
             restart_at: now,
             backoff: Duration::from_millis(250),
         })
         .collect();
-    let fds = InheritedFds {
-        listen: listener.as_raw_fd(),
-        ready: ready_writer.as_raw_fd(),
-    };
+    let listen = listener.as_raw_fd();
     let mut announce = Some(announce);
     let mut ready = vec![false; plan.workers];
     let mut retiring: Vec<Retiring> = Vec::new();
@@ -157,10 +220,11 @@ fn monitor(
         for (index, slot) in slots.iter_mut().enumerate() {
             reap(index, slot, now);
             if slot.child.is_none() && now >= slot.restart_at {
-                match spawn(&exe, &plan.args, state, index, fds) {
-                    Ok(child) => {
+                match spawn(&exe, &plan.args, state, index, listen) {
+                    Ok((child, channel)) => {
                         tracing::info!(worker = index, pid = child.id(), "worker started");
                         slot.child = Some(child);
+                        slot.channel = Some(channel);
                         slot.started = now;
                     }
                     Err(e) => {
@@ -170,20 +234,28 @@ fn monitor(
                 }
             }
         }
-        while let Ok(notice) = ready_rx.try_recv() {
-            match notice {
-                Notice::Ready(i) => {
-                    if let Some(r) = ready.get_mut(i) {
-                        *r = true;
-                    }
-                }
-                Notice::Retire(i) => {
-                    if let Some(child) = slots.get_mut(i).and_then(|s| s.child.take()) {
+        for (index, slot) in slots.iter_mut().enumerate() {
+            let notices = slot
+                .channel
+                .as_mut()
+                .map(|c| c.poll(index))
+                .unwrap_or_default();
+            for notice in notices {
+                match notice {
+                    Notice::Ready => ready[index] = true,
+                    Notice::Retire => {
+                        slot.channel = None;
+                        let Some(child) = slot.child.take() else {
+                            continue;
+                        };
                         tracing::warn!(
-                            worker = i,
+                            worker = index,
                             pid = child.id(),
                             "worker retiring; starting its replacement"
                         );
+                        // It is shutting down already; should the notice not be its own, this
+                        // makes it stop accepting and drain as it would have.
+                        terminate(&child);
                         retiring.push(Retiring {
                             child,
                             kill_at: now + plan.shutdown_time + Duration::from_secs(2),
@@ -226,7 +298,6 @@ fn monitor(
         let _ = r.child.wait();
     }
     stop_all(&mut slots, plan.shutdown_time);
-    drop(ready_writer);
     Ok(())
 }
 
@@ -253,13 +324,7 @@ fn reap(index: usize, slot: &mut Slot, now: Instant) {
     }
     tracing::warn!(worker = index, %status, lived_ms = lived.as_millis() as u64, "worker exited; replacing it");
     slot.child = None;
-}
-
-/// File descriptors every worker inherits.
-#[derive(Clone, Copy)]
-struct InheritedFds {
-    listen: RawFd,
-    ready: RawFd,
+    slot.channel = None;
 }
 
 /// mimalloc settings a worker starts with (see `spawn`).
@@ -273,15 +338,20 @@ fn spawn(
     args: &[String],
     state: &std::path::Path,
     index: usize,
-    fds: InheritedFds,
-) -> std::io::Result<Child> {
+    listen: RawFd,
+) -> std::io::Result<(Child, Channel)> {
     let parent = std::process::id();
+    // Its own pipe: the supervisor knows who speaks on it (see `Channel`). Both ends are
+    // close-on-exec; the child's copy of the write end is made inheritable below.
+    let (reader, writer) = std::io::pipe()?;
+    let channel = Channel::new(reader)?;
+    let ready = writer.as_raw_fd();
     let stderr: OwnedFd = std::io::stderr().as_fd().try_clone_to_owned()?;
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .args(args)
-        .env(ENV_LISTEN_FD, fds.listen.to_string())
-        .env(ENV_READY_FD, fds.ready.to_string())
+        .env(ENV_LISTEN_FD, listen.to_string())
+        .env(ENV_READY_FD, ready.to_string())
         .env(ENV_WORKER_INDEX, index.to_string())
         .env(ENV_STATE_DIR, state)
         .stdin(Stdio::null())
@@ -316,7 +386,7 @@ fn spawn(
             if libc::getppid() as u32 != parent {
                 libc::_exit(1);
             }
-            for fd in [fds.listen, fds.ready] {
+            for fd in [listen, ready] {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -325,18 +395,26 @@ fn spawn(
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    // Only the worker holds the write end now: its exit is the pipe's end.
+    drop(writer);
+    Ok((child, channel))
+}
+
+/// SIGTERM to a worker: it stops accepting and drains its requests.
+fn terminate(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
 }
 
 /// SIGTERM to every worker, up to `grace` for them to finish, then SIGKILL.
 fn stop_all(slots: &mut [Slot], grace: Duration) {
     for child in slots.iter_mut().filter_map(|s| s.child.as_mut()) {
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        terminate(child);
     }
     // A second beyond the workers' own grace period, for them to exit by themselves.
     let deadline = Instant::now() + grace + Duration::from_secs(1);
@@ -363,7 +441,7 @@ pub struct WorkerEnv {
     pub listener: TcpListener,
     pub index: usize,
     pub state_dir: Option<std::path::PathBuf>,
-    ready: Option<std::fs::File>,
+    ready: Arc<std::fs::File>,
 }
 
 impl WorkerEnv {
@@ -379,6 +457,12 @@ impl WorkerEnv {
         let listen = fd(ENV_LISTEN_FD)?;
         let ready = fd(ENV_READY_FD)?;
         let index = fd(ENV_WORKER_INDEX)? as usize;
+        let state_dir = std::env::var_os(ENV_STATE_DIR).map(Into::into);
+        // Plugin code must not find them in `os.environ` (SPEC §9). This process has one
+        // thread yet, and Python, which copies the environment, has not started.
+        for name in [ENV_LISTEN_FD, ENV_READY_FD, ENV_WORKER_INDEX, ENV_STATE_DIR] {
+            std::env::remove_var(name);
+        }
         for fd in [listen, ready] {
             // Inherited without close-on-exec; set it again so programs a plugin starts do not
             // hold the port or the pipe.
@@ -393,11 +477,14 @@ impl WorkerEnv {
         // SAFETY: the supervisor passed these descriptors open and for us alone to own.
         let listener = unsafe { TcpListener::from_raw_fd(listen) };
         let ready = unsafe { std::fs::File::from_raw_fd(ready) };
+        // Open for the worker's whole life (a closed number would be reused, for a client
+        // socket), and closed in every child plugin code forks.
+        crate::fork_guard::protect_channel(ready.as_raw_fd());
         Ok(WorkerEnv {
             listener,
             index,
-            state_dir: std::env::var_os(ENV_STATE_DIR).map(Into::into),
-            ready: Some(ready),
+            state_dir,
+            ready: Arc::new(ready),
         })
     }
 
@@ -406,6 +493,7 @@ impl WorkerEnv {
         let ready = Ready {
             index: self.index,
             pipe: self.ready,
+            sent: false,
         };
         (self.index, self.listener, ready)
     }
@@ -417,25 +505,24 @@ pub type RetireNotice = Box<dyn FnOnce(&str) + Send>;
 /// Tells the supervisor, once, that this worker has loaded its plugins.
 pub struct Ready {
     index: usize,
-    pipe: Option<std::fs::File>,
+    pipe: Arc<std::fs::File>,
+    sent: bool,
 }
 
 impl Ready {
     pub fn send(&mut self) {
-        if let Some(f) = self.pipe.take() {
-            notify(&f, &format!("ready {}\n", self.index));
+        if !std::mem::replace(&mut self.sent, true) {
+            notify(&self.pipe, &format!("ready {}\n", self.index));
         }
     }
 
     /// A handle that tells the supervisor this worker is retiring (see `pyhost::Watchdog`).
     pub fn retire_notice(&self) -> RetireNotice {
-        let pipe = self.pipe.as_ref().and_then(|f| f.try_clone().ok());
+        let pipe = Arc::clone(&self.pipe);
         let index = self.index;
         Box::new(move |reason| {
             tracing::warn!(reason, "asking the supervisor for a replacement");
-            if let Some(f) = pipe {
-                notify(&f, &format!("retire {index}\n"));
-            }
+            notify(&pipe, &format!("retire {index}\n"));
         })
     }
 }
@@ -444,4 +531,52 @@ impl Ready {
 fn notify(mut pipe: &std::fs::File, line: &str) {
     use std::io::Write;
     let _ = pipe.write_all(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn said(channel: &mut Channel, index: usize) -> Vec<&'static str> {
+        channel
+            .poll(index)
+            .into_iter()
+            .map(|n| match n {
+                Notice::Ready => "ready",
+                Notice::Retire => "retire",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_speaks_for_its_worker_once() -> std::io::Result<()> {
+        let (reader, mut writer) = std::io::pipe()?;
+        let mut channel = Channel::new(reader)?;
+        assert!(
+            said(&mut channel, 1).is_empty(),
+            "nothing written: no notice, no block"
+        );
+        writer.write_all(b"retire 0\nready 2\n\xff\xfe\nready 1\nready 1\nret")?;
+        assert_eq!(said(&mut channel, 1), ["ready"]);
+        assert!(channel.warned);
+        writer.write_all(b"ire 1\nretire 1\n")?;
+        assert_eq!(
+            said(&mut channel, 1),
+            ["retire"],
+            "a line split across reads"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_overlong_line_is_dropped_whole() -> std::io::Result<()> {
+        let (reader, mut writer) = std::io::pipe()?;
+        let mut channel = Channel::new(reader)?;
+        let mut junk = vec![b'x'; 1000];
+        junk.extend_from_slice(b"retire 3\nready 3\n");
+        writer.write_all(&junk)?;
+        assert_eq!(said(&mut channel, 3), ["ready"]);
+        Ok(())
+    }
 }

@@ -20,7 +20,56 @@ import threading
 import traceback
 import types
 
-_os_path = os.path
+# Plugins run in this interpreter and may replace anything they can reach (``json.dumps``,
+# ``builtins.compile``, ``open``, ``inspect.signature``…); a patch must not break reloading
+# (SPEC §9). So what this helper uses is bound now, before any plugin runs: the builtins as
+# globals of its own, the modules as copies of their namespaces as they are at this point.
+from builtins import (  # noqa: E402,F401 - rebinding the builtins is the point
+    BaseException,
+    Exception,
+    OSError,
+    SyntaxError,
+    TimeoutError,
+    TypeError,
+    ValueError,
+    all,
+    bytes,
+    callable,
+    compile,
+    dict,
+    exec,
+    getattr,
+    globals,
+    id,
+    isinstance,
+    len,
+    list,
+    next,
+    open,
+    repr,
+    set,
+    setattr,
+    sorted,
+    str,
+    tuple,
+    type,
+    vars,
+)
+
+
+def _frozen(module):
+    """``module``'s attributes as they are now: replacing one in the module later does not
+    change the copy."""
+    return types.SimpleNamespace(**vars(module))
+
+
+difflib, inspect, json, traceback, types = map(_frozen, (difflib, inspect, json, traceback, types))
+_machinery = _frozen(importlib.machinery)
+_getframe = sys._getframe
+_stdlib_module_names = sys.stdlib_module_names
+#: The helper's JSON encoder (``json.dumps``'s defaults; objects JSON cannot hold as their repr).
+_to_json = json.JSONEncoder(default=repr).encode
+_os_path = _frozen(os.path)
 _open = open
 _gc_collect = gc.collect
 
@@ -61,7 +110,7 @@ def install_packages(packages):
     for name, is_package, filename, _ in packages:
         module = types.ModuleType(name)
         module.__file__ = filename
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=filename, is_package=is_package)
+        module.__spec__ = _machinery.ModuleSpec(name, None, origin=filename, is_package=is_package)
         if is_package:
             module.__path__ = []
         sys.modules[name] = module
@@ -76,7 +125,7 @@ def install_packages(packages):
 def _caller_module():
     """The module whose code is writing to a captured stream (the first frame outside this
     helper), so output from threads a plugin started, and from imports, names its module."""
-    frame = sys._getframe(2)  # the caller of write() or flush()
+    frame = _getframe(2)  # the caller of write() or flush()
     while frame is not None and frame.f_globals is _OWN_GLOBALS:
         frame = frame.f_back
     if frame is None:
@@ -193,7 +242,7 @@ def _package_dir(filename):
 
 
 def _spec(fullname, filename, package_dir):
-    spec = importlib.machinery.ModuleSpec(
+    spec = _machinery.ModuleSpec(
         fullname, _PluginLoader(filename), origin=filename, is_package=package_dir is not None
     )
     if package_dir is not None:
@@ -288,8 +337,18 @@ def exception_line(exc):
 
 
 def exception_text(exc):
-    """The full traceback, for the log."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The full traceback, for the log (without source lines if those cannot be read: a plugin
+    may have replaced ``os.stat``, which :mod:`linecache` uses)."""
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # noqa: BLE001
+        lines = ["Traceback (most recent call last):\n"]
+        tb = exc.__traceback__
+        while tb is not None and len(lines) < 1000:
+            code = tb.tb_frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}\n')
+            tb = tb.tb_next
+        return "".join(lines) + exception_line(exc) + "\n"
 
 
 def set_files(files):
@@ -338,10 +397,10 @@ def load_batch(requests):
 
 
 def _refusal(name):
-    if name in sys.stdlib_module_names:
+    if name in _stdlib_module_names:
         return f"`{name}` is the name of a standard-library module; rename the file"
     first = name.split(".", 1)[0]
-    if first != name and first in sys.stdlib_module_names:
+    if first != name and first in _stdlib_module_names:
         # `http.client.py` would be found as the submodule `http.client` and break `urllib`.
         return f"`{name}` begins with `{first}.`, a standard-library package; rename the file"
     if name in sys.modules and name not in _ours:
@@ -354,13 +413,13 @@ def _refusal(name):
 def _load_one(name, path, source, previous):
     refusal = _refusal(name)
     if refusal is not None:
-        return json.dumps({"kind": "refused", "error": refusal}), [], None
+        return _to_json({"kind": "refused", "error": refusal}), [], None
     module = _batch.get(name)
     if module is not None and module.__dpms_source__ == source:
         return _describe(module)
     module = types.ModuleType(name)
     module.__file__ = path
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=path)
+    module.__spec__ = _machinery.ModuleSpec(name, None, origin=path)
     sys.modules[name] = module
     try:
         _execute(module, source)
@@ -370,7 +429,7 @@ def _load_one(name, path, source, previous):
         else:
             sys.modules.pop(name, None)
         error = {"kind": "import_error", "error": exception_line(exc), "traceback": exception_text(exc)}
-        return json.dumps(error), [], None
+        return _to_json(error), [], None
     _batch[name] = module
     return _describe(module)
 
@@ -521,7 +580,7 @@ def _describe(module):
         "errors": errors,
         "deps": sorted(deps),
     }
-    return json.dumps(description, default=repr), functions, module
+    return _to_json(description), functions, module
 
 
 #: Keywords the decorator names itself; a near miss of one is an author's typo (SPEC §1).

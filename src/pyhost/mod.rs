@@ -377,7 +377,12 @@ fn host_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     HOST.get_or_try_init(py, || {
         let source = std::ffi::CString::new(HOST_SOURCE)
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-        PyModule::from_code(py, &source, c"dpms/_host.py", c"dpms._host").map(Bound::unbind)
+        let host = PyModule::from_code(py, &source, c"dpms/_host.py", c"dpms._host")?;
+        // Ours alone: a plugin cannot `import dpms._host` and replace what the server calls.
+        py.import("sys")?
+            .getattr("modules")?
+            .del_item("dpms._host")?;
+        Ok(host.unbind())
     })
     .map(|m| m.bind(py))
 }
