@@ -53,16 +53,22 @@ def site(tmp_path):
     return root
 
 
-def two_workers(start_server, folder):
-    return start_server(env={"DPMS_WORKERS": "2"}, plugin_dirs=[folder])
+@pytest.fixture(params=["inotify", "stat"])
+def watch(request):
+    """Both ways of finding changes: the inotify queue, and `stat` checks (inotify exhausted)."""
+    return request.param
 
 
-def test_folder_deleted_and_recreated(start_server, site):
+def two_workers(start_server, folder, watch="inotify"):
+    return start_server(env={"DPMS_WORKERS": "2", "DPMS_WATCH": watch}, plugin_dirs=[folder])
+
+
+def test_folder_deleted_and_recreated(start_server, site, watch):
     api = api_name("rmcp")
     plugins = site / "plugins"
     plugins.mkdir()
     (plugins / "svc.py").write_text(plugin(api, "one"))
-    server = two_workers(start_server, plugins)
+    server = two_workers(start_server, plugins, watch)
     served(server, api, "one")
 
     shutil.rmtree(plugins)
@@ -84,12 +90,12 @@ def test_folder_deleted_and_recreated(start_server, site):
     assert "plugin folder is back" in log, log[-3000:]
 
 
-def test_folder_swapped_by_rename(start_server, site):
+def test_folder_swapped_by_rename(start_server, site, watch):
     api = api_name("mvswap")
     plugins = site / "plugins"
     plugins.mkdir()
     (plugins / "svc.py").write_text(plugin(api, "old"))
-    server = two_workers(start_server, plugins)
+    server = two_workers(start_server, plugins, watch)
     served(server, api, "old")
 
     new = site / "plugins.new"
@@ -107,7 +113,7 @@ def test_folder_swapped_by_rename(start_server, site):
 
 
 @pytest.mark.parametrize("configured", ["current", "current/plugins"])
-def test_release_symlink_repointed(start_server, site, configured):
+def test_release_symlink_repointed(start_server, site, watch, configured):
     api = api_name("release")
     releases = site / "releases"
     for n in ("1", "2"):
@@ -117,7 +123,7 @@ def test_release_symlink_repointed(start_server, site, configured):
         (folder_of[n] / "svc.py").write_text(plugin(api, f"release {n}"))
     current = site / "current"
     os.symlink(releases / "1", current)
-    server = two_workers(start_server, site / configured)
+    server = two_workers(start_server, site / configured, watch)
     served(server, api, "release 1")
 
     # `ln -sfn releases/2 current.tmp && mv -T current.tmp current`: atomic re-point.
@@ -134,7 +140,7 @@ def test_release_symlink_repointed(start_server, site, configured):
     served(server, api, "release 2 in place")
 
 
-def test_symlinked_plugin_file_target_edited(start_server, site):
+def test_symlinked_plugin_file_target_edited(start_server, site, watch):
     api = api_name("linked")
     plugins = site / "plugins"
     plugins.mkdir()
@@ -143,7 +149,7 @@ def test_symlinked_plugin_file_target_edited(start_server, site):
     target = shared / "real_svc.py"
     target.write_text(plugin(api, "one"))
     os.symlink(target, plugins / "svc.py")
-    server = two_workers(start_server, plugins)
+    server = two_workers(start_server, plugins, watch)
     served(server, api, "one")
 
     target.write_text(plugin(api, "in place"))
@@ -191,7 +197,7 @@ def git(repo, *args):
     )
 
 
-def test_git_checkout_other_branch(start_server, site):
+def test_git_checkout_other_branch(start_server, site, watch):
     """Many files replaced, added and deleted at once; the helper deleted and re-created."""
     tag = uuid.uuid4().hex[:8]
     api, extra_api = api_name("calc"), api_name("extra")
@@ -216,7 +222,7 @@ def test_git_checkout_other_branch(start_server, site):
     commit_branch("other", 5, with_extra=True)
     git(repo, "checkout", "-q", "main")
 
-    server = two_workers(start_server, repo)
+    server = two_workers(start_server, repo, watch)
     served(server, api, {"calc": "main", "result": 6, "helper": "helper main"})
     error(server.get(f"{extra_api}/"), 404, "api_undefined")
     for _ in range(3):
@@ -267,7 +273,7 @@ def use():
 """
 
 
-def test_package_in_plugin_folder_reimported_after_edit(start_server, site):
+def test_package_in_plugin_folder_reimported_after_edit(start_server, site, watch):
     pkg = f"mypkg_{uuid.uuid4().hex[:8]}"
     api = api_name("pkg")
     plugins = site / "plugins"
@@ -275,7 +281,7 @@ def test_package_in_plugin_folder_reimported_after_edit(start_server, site):
     (plugins / pkg / "__init__.py").write_text("VERSION = 1\n")
     (plugins / pkg / "sub.py").write_text("def shout(s):\n    return s.upper()\n")
     (plugins / "user.py").write_text(source(PKG_USER, pkg=pkg, api=api))
-    server = two_workers(start_server, plugins)
+    server = two_workers(start_server, plugins, watch)
     served(server, api, {"version": 1, "shout": "HI"})
     # The package is importable, but it is not a plugin.
     assert pkg not in json.dumps(server.dir())
