@@ -405,3 +405,20 @@ def wait_for(predicate, timeout=20.0, interval=0.01, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Probe:
+    """Calls a test plugin's APIs, all named ``<prefix>-<api>``; ``echo`` returns the result of
+    its ``<prefix>-echo`` API (function ``echo_func``)."""
+
+    def __init__(self, server, mod, prefix, echo_func="echo"):
+        self.server = server
+        self.mod = mod
+        self.p = prefix
+        self.echo_func = echo_func
+
+    def call(self, method, api, path="", **kw):
+        return self.server.request(method, f"{self.p}-{api}/{path}", **kw)
+
+    def echo(self, method="POST", path="", **kw):
+        return ok(self.call(method, "echo", path, **kw), f"{self.mod}.{self.echo_func}")

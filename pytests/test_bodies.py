@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dpms_helpers import TIMEOUT, error, ok, source, unique
+from dpms_helpers import TIMEOUT, Probe, error, ok, source, unique
 
 BODIES_SRC = """
 import base64
@@ -73,19 +73,6 @@ def touch(*args, **kwargs):
     open(kwargs["marker"], "w").close()
     return "ran"
 """
-
-
-class Probe:
-    def __init__(self, server, mod, prefix):
-        self.server = server
-        self.mod = mod
-        self.p = prefix
-
-    def call(self, method, api, path="", **kw):
-        return self.server.request(method, f"{self.p}-{api}/{path}", **kw)
-
-    def echo(self, method="POST", path="", **kw):
-        return ok(self.call(method, "echo", path, **kw), f"{self.mod}.echo")
 
 
 @pytest.fixture(scope="module")

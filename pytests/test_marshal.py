@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dpms_helpers import describe, error, ok, source, unique
+from dpms_helpers import Probe, describe, error, ok, source, unique
 
 PROBE_SRC = """
 from dpms import expose
@@ -106,25 +106,12 @@ def touch(*args, **kwargs):
 """
 
 
-class Probe:
-    def __init__(self, server, mod, prefix):
-        self.server = server
-        self.mod = mod
-        self.p = prefix
-
-    def call(self, method, api, path="", **kw):
-        return self.server.request(method, f"{self.p}-{api}/{path}", **kw)
-
-    def echo(self, method, path="", **kw):
-        return ok(self.call(method, "echo", path, **kw), f"{self.mod}.echo_all")
-
-
 @pytest.fixture(scope="module")
 def probe(server, write_module_plugin):
     mod = unique("probe")
     prefix = f"p{uuid.uuid4().hex[:10]}"
     write_module_plugin(mod, source(PROBE_SRC, p=prefix))
-    return Probe(server, mod, prefix)
+    return Probe(server, mod, prefix, echo_func="echo_all")
 
 
 # --------------------------------------------------------------------------------------------
