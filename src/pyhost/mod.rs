@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
 pub use request::RequestInfo;
 pub use schedule::Schedule;
+use watchdog::Call;
 pub use watchdog::{RetireHook, Watchdog};
 
 use crate::config::Config;
@@ -134,16 +135,17 @@ pub enum Dispatch {
 
 /// Stops a call that ran past its deadline.
 pub struct Interrupt {
-    running: Arc<std::sync::atomic::AtomicI64>,
+    call: Arc<Call>,
     watchdog: Arc<Watchdog>,
 }
 
 impl Interrupt {
     /// Hands the call to the watchdog, which raises `CallTimeout` inside the Python thread
-    /// still running it, so a pure-Python runaway loop stops burning CPU and frees its thread,
-    /// and retires the worker if the call is stuck in C. Never blocks.
+    /// still running it, so a pure-Python runaway loop stops burning CPU and frees its thread;
+    /// gives the thread up if the call is blocked outside Python, and retires the worker if it
+    /// is stuck in C holding the GIL. Never blocks.
     pub fn interrupt(&self) {
-        self.watchdog.abandon(Arc::clone(&self.running));
+        self.watchdog.abandon(Arc::clone(&self.call));
     }
 }
 
@@ -209,7 +211,7 @@ impl PyHost {
         request: Arc<RequestInfo>,
     ) -> Dispatch {
         let (reply, mut rx) = oneshot::channel();
-        let running = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let call = Arc::new(Call::default());
         let inline = module
             .endpoints
             .get(endpoint)
@@ -229,7 +231,7 @@ impl PyHost {
                 Ok(_) if took > self.call_time => Dispatch::Done(Err(CallFailure::TimedOut)),
                 Ok(result) => Dispatch::Done(result),
                 // A coroutine: nothing to interrupt on a thread.
-                Err(_) => Dispatch::Pending(rx, self.interrupt(running)),
+                Err(_) => Dispatch::Pending(rx, self.interrupt(call)),
             };
         }
         let job = worker::Job::Call(worker::CallJob {
@@ -238,10 +240,10 @@ impl PyHost {
             args,
             request,
             reply,
-            running: Arc::clone(&running),
+            call: Arc::clone(&call),
         });
         match self.queues.calls.try_send(job) {
-            Ok(()) => Dispatch::Pending(rx, self.interrupt(running)),
+            Ok(()) => Dispatch::Pending(rx, self.interrupt(call)),
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 Dispatch::Done(Err(CallFailure::Overloaded))
             }
@@ -252,9 +254,9 @@ impl PyHost {
         }
     }
 
-    fn interrupt(&self, running: Arc<std::sync::atomic::AtomicI64>) -> Interrupt {
+    fn interrupt(&self, call: Arc<Call>) -> Interrupt {
         Interrupt {
-            running,
+            call,
             watchdog: Arc::clone(&self.watchdog),
         }
     }

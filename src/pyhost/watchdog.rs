@@ -5,11 +5,18 @@
 //!   import fails like any other (reported in `__dir__`) and the rest of the batch loads.
 //! - A call running past `MAX_FUNCTION_SECS` gets a `CallTimeout` raised inside it (the client
 //!   has its 504 already, or gets it when an inline call returns).
-//! - Code that does not return [`GRACE`] after that (a long C call, a loop in a C extension)
-//!   cannot be reached from Python: the worker is *retired* — the supervisor starts its
-//!   replacement at once, this worker stops accepting, finishes what it can within
-//!   `DPMS_SHUTDOWN_SECS`, and exits. An import stuck that way is quarantined first, so the
-//!   replacement does not import it again.
+//! - A pool call still running [`GRACE`] after that is either blocked outside the interpreter
+//!   (a `time.sleep`, a slow socket: the GIL is free) or stuck in C code holding the GIL. The
+//!   watchdog tells them apart by taking the GIL itself within a bounded wait. A call blocked
+//!   without the GIL is *given up*: its thread is replaced in the pool and exits when the call
+//!   returns, and the worker keeps its module state. Only a call holding the GIL (nothing else
+//!   can run Python in this process) retires the worker, and so do more given-up threads still
+//!   blocked than the pool has threads.
+//! - Code on the I/O thread or in an import that does not return [`GRACE`] after its timeout
+//!   cannot be given up: the worker is *retired* — the supervisor starts its replacement at
+//!   once, this worker stops accepting, finishes what it can within `DPMS_SHUTDOWN_SECS`, and
+//!   exits. An import stuck that way is quarantined first, so the replacement does not import
+//!   it again.
 //!
 //! The quarantine is a folder the workers of one supervisor share. Before each plugin import a
 //! worker writes `loading-<index>` (the file's fingerprint and name) and empties it after; a
@@ -22,7 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +44,37 @@ const CRASHES_TO_QUARANTINE: usize = 2;
 
 /// What the worker does when the watchdog gives up on it (see [`Watchdog::on_retire`]).
 pub type RetireHook = Box<dyn FnOnce(String) + Send>;
+/// Starts one more Python thread in the pool (see [`Watchdog::set_pool`]).
+pub type ReplaceHook = Box<dyn Fn() + Send + Sync>;
+
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+/// One plugin call, shared by the request waiting for it, the pool thread running it and the
+/// watchdog.
+#[derive(Debug, Default)]
+pub struct Call {
+    /// The pool thread running it, while it runs (0: not yet, no longer, or inline).
+    thread: AtomicI64,
+    /// `RUNNING` until the thread finishes it (`DONE`) or the watchdog gives its thread up
+    /// (`GIVEN_UP`), whichever comes first.
+    phase: AtomicU8,
+}
+
+impl Call {
+    /// The calling pool thread starts running the call (GIL held, like the interrupt's check).
+    pub fn started(&self) {
+        self.thread.store(current_thread(), Ordering::Release);
+    }
+
+    /// The call returned (GIL held). True if the watchdog gave its thread up meanwhile: a
+    /// replacement is in the pool already, so this thread must exit.
+    pub fn finished(&self) -> bool {
+        self.thread.store(0, Ordering::Release);
+        self.phase.swap(DONE, Ordering::AcqRel) == GIVEN_UP
+    }
+}
 
 /// One import in progress (imports nest when a plugin imports a sibling).
 struct Import {
@@ -48,12 +86,21 @@ struct Import {
     id: u64,
 }
 
-/// A pool call whose client got its 504; `running` is its thread while it still runs.
+/// A pool call whose client got its 504, while its thread still runs it.
 struct Abandoned {
-    running: Arc<AtomicI64>,
+    call: Arc<Call>,
     thread: i64,
-    since: Instant,
-    interrupted: bool,
+    stage: Stage,
+}
+
+enum Stage {
+    /// To be sent a `CallTimeout`.
+    Fresh,
+    /// Sent one at this time.
+    Interrupted(Instant),
+    /// Still running after [`GRACE`]: a probe thread, started at this time, sets the flag once
+    /// it holds the GIL.
+    Probing(Arc<AtomicBool>, Instant),
 }
 
 /// Shared between the Python threads, the I/O thread and the watchdog thread.
@@ -64,6 +111,11 @@ pub struct Watchdog {
     imports: Mutex<Vec<Import>>,
     next_import: AtomicU64,
     abandoned: Mutex<Vec<Abandoned>>,
+    /// Starts a pool thread in place of one given up, and how many given-up threads may still
+    /// be blocked before the worker retires instead.
+    replace: OnceLock<(ReplaceHook, usize)>,
+    /// Given-up pool threads whose call has not returned yet.
+    given_up: AtomicUsize,
     /// The I/O thread's Python thread id, and the inline call it runs: nanoseconds since
     /// `base` at its start plus one (0: none) and its sequence number. Both change only with
     /// the GIL held.
@@ -95,6 +147,8 @@ impl Watchdog {
             imports: Mutex::new(Vec::new()),
             next_import: AtomicU64::new(1),
             abandoned: Mutex::new(Vec::new()),
+            replace: OnceLock::new(),
+            given_up: AtomicUsize::new(0),
             io_thread: AtomicI64::new(0),
             inline_since: AtomicU64::new(0),
             inline_seq: AtomicU64::new(0),
@@ -132,6 +186,19 @@ impl Watchdog {
         }
     }
 
+    /// How to replace a pool thread given up on, and at most how many given-up threads may be
+    /// blocked at once (without it, a call blocked past its deadline retires the worker).
+    pub fn set_pool(&self, replace: ReplaceHook, limit: usize) {
+        let _ = self.replace.set((replace, limit));
+    }
+
+    /// A given-up pool thread's call returned and the thread exits.
+    pub fn given_up_thread_exits(&self) {
+        let _ = self
+            .given_up
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     /// Records this thread as the I/O thread (call with the GIL held, once).
     pub fn set_io_thread(&self) {
         self.io_thread.store(current_thread(), Ordering::Release);
@@ -151,17 +218,16 @@ impl Watchdog {
 
     /// Hands a pool call that passed its deadline to the watchdog, which interrupts it (never
     /// the caller: taking the GIL could block the I/O thread behind code stuck in C).
-    pub fn abandon(&self, running: Arc<AtomicI64>) {
-        let thread = running.load(Ordering::Acquire);
+    pub fn abandon(&self, call: Arc<Call>) {
+        let thread = call.thread.load(Ordering::Acquire);
         if thread == 0 {
             return;
         }
         if let Ok(mut list) = self.abandoned.lock() {
             list.push(Abandoned {
-                running,
+                call,
                 thread,
-                since: Instant::now(),
-                interrupted: false,
+                stage: Stage::Fresh,
             });
         }
     }
@@ -266,25 +332,92 @@ impl Watchdog {
     fn check_abandoned(self: &Arc<Self>, now: Instant) {
         let mut stuck = false;
         let mut interrupts = Vec::new();
+        let mut give_up = Vec::new();
         if let Ok(mut list) = self.abandoned.lock() {
-            list.retain(|a| a.running.load(Ordering::Acquire) == a.thread);
-            for a in list.iter_mut() {
-                if !a.interrupted {
-                    a.interrupted = true;
-                    interrupts.push((a.thread, Arc::clone(&a.running)));
-                } else if now.duration_since(a.since) > GRACE {
-                    stuck = true;
+            list.retain_mut(|a| {
+                if a.call.thread.load(Ordering::Acquire) != a.thread {
+                    return false;
                 }
-            }
-        }
-        for (thread, running) in interrupts {
-            self.raise_in(thread, false, move |_| {
-                running.load(Ordering::Acquire) == thread
+                match &a.stage {
+                    Stage::Fresh => {
+                        interrupts.push((a.thread, Arc::clone(&a.call)));
+                        a.stage = Stage::Interrupted(now);
+                    }
+                    Stage::Interrupted(at) => {
+                        if now.duration_since(*at) > GRACE {
+                            a.stage = Stage::Probing(self.probe_gil(), now);
+                        }
+                    }
+                    Stage::Probing(got, at) => {
+                        if got.load(Ordering::Acquire) {
+                            give_up.push(Arc::clone(&a.call));
+                            return false;
+                        }
+                        if now.duration_since(*at) > GRACE {
+                            stuck = true;
+                        }
+                    }
+                }
+                true
             });
         }
-        if stuck {
-            self.retire("a call past MAX_FUNCTION_SECS did not stop (stuck in C code)".into());
+        for (thread, call) in interrupts {
+            self.raise_in(thread, false, move |_| {
+                call.thread.load(Ordering::Acquire) == thread
+            });
         }
+        for call in give_up {
+            self.give_up(&call);
+        }
+        if stuck {
+            self.retire(
+                "a call past MAX_FUNCTION_SECS did not stop and holds the GIL (stuck in C code)"
+                    .into(),
+            );
+        }
+    }
+
+    /// Gives up the thread of a call blocked outside the interpreter past its deadline: a new
+    /// thread takes its place in the pool, and it exits when the call returns.
+    fn give_up(&self, call: &Call) {
+        let Some((replace, limit)) = self.replace.get() else {
+            self.retire("a call past MAX_FUNCTION_SECS did not stop".into());
+            return;
+        };
+        if call
+            .phase
+            .compare_exchange(RUNNING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return; // it returned meanwhile; its thread is back in the pool
+        }
+        let blocked = self.given_up.fetch_add(1, Ordering::AcqRel) + 1;
+        if blocked > *limit {
+            self.retire(format!(
+                "{blocked} calls past MAX_FUNCTION_SECS are still blocked (more than DPMS_PY_THREADS)"
+            ));
+            return;
+        }
+        tracing::warn!(
+            blocked,
+            "a call past MAX_FUNCTION_SECS is blocked outside Python (sleep, I/O); its thread is given up and replaced"
+        );
+        replace();
+    }
+
+    /// Starts a thread that sets the returned flag once it holds the GIL. It never comes back
+    /// if code holding the GIL never lets go (the worker then retires anyway).
+    fn probe_gil(&self) -> Arc<AtomicBool> {
+        let got = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&got);
+        let spawned = std::thread::Builder::new()
+            .name("dpms-gil-probe".into())
+            .spawn(move || Python::attach(|_py| flag.store(true, Ordering::Release)));
+        if let Err(e) = spawned {
+            tracing::error!(cause = %e, "cannot start a GIL probe thread");
+            got.store(true, Ordering::Release);
+        }
+        got
     }
 
     fn check_inline(self: &Arc<Self>, now: Instant) {

