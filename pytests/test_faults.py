@@ -123,3 +123,92 @@ def test_call_holding_the_gil_retires_its_worker(start_server, plugin_folder):
 
     wait_for(replaced, timeout=30, interval=0.05, what="a new worker process")
     assert "holds the GIL" in log_text(srv)
+
+
+ASYNC = """
+import asyncio, time
+from dpms import expose
+
+live = 0
+
+@expose.endpoint(API='slow')
+async def slow():
+    global live
+    live += 1
+    try:
+        await asyncio.sleep(1000)
+    finally:
+        live -= 1
+
+@expose.endpoint(API='live')
+def live_now():
+    return {'live': live, 'tasks': len(asyncio.all_tasks(LOOP)) if LOOP else 0}
+
+LOOP = None
+
+@expose.endpoint(API='hello')
+async def hello():
+    global LOOP
+    LOOP = asyncio.get_running_loop()
+    await asyncio.sleep(0)
+    return 'hello'
+
+@expose.endpoint(API='spin')
+async def spin():
+    while True:  # never awaits
+        pass
+
+@expose.endpoint(API='stubborn')
+async def stubborn():
+    while True:  # never awaits, and swallows its CallTimeout
+        try:
+            while True:
+                pass
+        except Exception:
+            pass
+
+@expose.endpoint(API='nap')
+async def nap():
+    time.sleep(60)  # blocks the loop's thread outside Python, longer than the test waits
+
+@expose.endpoint(API='stop')
+async def stop():
+    asyncio.get_running_loop().stop()
+    return 'stopped'
+"""
+
+
+def test_coroutines_past_their_deadline_are_cancelled(start_server, plugin_folder):
+    (plugin_folder / "coros.py").write_text(source(ASYNC))
+    srv = one_worker(start_server, plugin_folder)
+    assert ok(srv.get("hello/")) == "hello"
+    for _ in range(3):
+        error(srv.get("slow/"), 504, "timeout")
+
+    def cancelled():
+        state = ok(srv.get("live/"))
+        # `tasks` counts the ones still on the loop (the request's own `hello` is done).
+        return state["live"] == 0 and state["tasks"] == 0
+
+    wait_for(cancelled, timeout=15, interval=0.05, what="the timed-out coroutines to be cancelled")
+    assert ok(srv.get("hello/")) == "hello"
+
+
+@pytest.mark.parametrize("culprit", ["spin", "stubborn", "nap", "stop"])
+def test_a_coroutine_that_blocks_or_stops_the_loop_costs_only_itself(start_server, plugin_folder, culprit):
+    (plugin_folder / "coros.py").write_text(source(ASYNC))
+    srv = one_worker(start_server, plugin_folder)
+    assert ok(srv.get("hello/")) == "hello"
+    r = srv.get(f"{culprit}/")
+    assert r.status_code in (200, 504), r.text
+
+    def served():
+        # Each try waits at most MAX_FUNCTION_SECS; before the fix every one was a 504.
+        r = srv.get("hello/")
+        assert r.status_code in (200, 504), r.text
+        return r.status_code == 200
+
+    wait_for(served, timeout=20, interval=0.05, what="async endpoints to be served again")
+    for _ in range(3):
+        assert ok(srv.get("hello/")) == "hello"
+    assert RETIRED not in log_text(srv)

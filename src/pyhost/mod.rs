@@ -171,6 +171,8 @@ pub struct PyHost {
     queues: worker::Queues,
     watchdog: Arc<Watchdog>,
     call_time: std::time::Duration,
+    /// Numbers the calls (their coroutines are cancelled by number).
+    next_call: std::sync::atomic::AtomicU64,
 }
 
 impl PyHost {
@@ -192,6 +194,7 @@ impl PyHost {
             queues,
             watchdog,
             call_time: config.max_function_time,
+            next_call: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -211,7 +214,10 @@ impl PyHost {
         request: Arc<RequestInfo>,
     ) -> Dispatch {
         let (reply, mut rx) = oneshot::channel();
-        let call = Arc::new(Call::default());
+        let call = Arc::new(Call::new(
+            self.next_call
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ));
         let inline = module
             .endpoints
             .get(endpoint)
@@ -219,7 +225,7 @@ impl PyHost {
         if inline {
             let took = Python::attach(|py| {
                 self.watchdog.inline_started();
-                let took = worker::invoke(py, &module, endpoint, &args, request, reply);
+                let took = worker::invoke(py, &module, endpoint, &args, request, reply, &call);
                 self.watchdog.inline_finished();
                 took
             });

@@ -12,6 +12,11 @@
 //!   returns, and the worker keeps its module state. Only a call holding the GIL (nothing else
 //!   can run Python in this process) retires the worker, and so do more given-up threads still
 //!   blocked than the pool has threads.
+//! - A coroutine past its deadline is cancelled on the event loop. If the loop does not run
+//!   the cancellation within [`GRACE`], whatever it runs (a coroutine that never awaits) gets
+//!   a `CallTimeout`; if it still does not, the loop is *replaced*: new coroutines go to a new
+//!   loop on a new thread, and the old one ends when it gets back and its coroutines finish.
+//!   A plugin that stops the loop only ends one `run_forever`: the helper runs it again.
 //! - Code on the I/O thread or in an import that does not return [`GRACE`] after its timeout
 //!   cannot be given up: the worker is *retired* — the supervisor starts its replacement at
 //!   once, this worker stops accepting, finishes what it can within `DPMS_SHUTDOWN_SECS`, and
@@ -55,14 +60,39 @@ const GIVEN_UP: u8 = 2;
 /// watchdog.
 #[derive(Debug, Default)]
 pub struct Call {
+    /// Names its coroutine on the event loop.
+    id: u64,
     /// The pool thread running it, while it runs (0: not yet, no longer, or inline).
     thread: AtomicI64,
     /// `RUNNING` until the thread finishes it (`DONE`) or the watchdog gives its thread up
     /// (`GIVEN_UP`), whichever comes first.
     phase: AtomicU8,
+    /// It handed a coroutine to the event loop / its client had its 504. Each side sets its
+    /// own flag before reading the other's, so a coroutine is either never started or
+    /// cancelled.
+    coroutine: AtomicBool,
+    abandoned: AtomicBool,
 }
 
 impl Call {
+    pub fn new(id: u64) -> Call {
+        Call {
+            id,
+            ..Call::default()
+        }
+    }
+
+    /// The id its coroutine runs under.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The call returned a coroutine: false if its deadline passed already (do not start it).
+    pub fn submitting(&self) -> bool {
+        self.coroutine.store(true, Ordering::SeqCst);
+        !self.abandoned.load(Ordering::SeqCst)
+    }
+
     /// The calling pool thread starts running the call (GIL held, like the interrupt's check).
     pub fn started(&self) {
         self.thread.store(current_thread(), Ordering::Release);
@@ -84,6 +114,26 @@ struct Import {
     started: Instant,
     interrupted: Option<Instant>,
     id: u64,
+}
+
+/// A coroutine past its deadline, and where its cancellation stands.
+struct Cancel {
+    id: u64,
+    stage: CancelStage,
+}
+
+enum CancelStage {
+    Queued,
+    /// Asked the loop to cancel it at this time.
+    Sent(Instant),
+    /// The loop had not done so after [`GRACE`]: what it runs was sent a `CallTimeout`.
+    Interrupted(Instant),
+}
+
+/// A thread waiting for the GIL to do some work: retire if it has not got it after [`GRACE`].
+struct Probe {
+    got: Arc<AtomicBool>,
+    since: Instant,
 }
 
 /// A pool call whose client got its 504, while its thread still runs it.
@@ -114,8 +164,13 @@ pub struct Watchdog {
     /// Starts a pool thread in place of one given up, and how many given-up threads may still
     /// be blocked before the worker retires instead.
     replace: OnceLock<(ReplaceHook, usize)>,
-    /// Given-up pool threads whose call has not returned yet.
+    /// Given-up pool threads whose call has not returned yet, and given-up event loops whose
+    /// thread still runs.
     given_up: AtomicUsize,
+    cancels: Mutex<Vec<Cancel>>,
+    /// The thread of the current event loop (Python's thread id; set with the GIL held).
+    loop_thread: AtomicI64,
+    probes: Mutex<Vec<Probe>>,
     /// The I/O thread's Python thread id, and the inline call it runs: nanoseconds since
     /// `base` at its start plus one (0: none) and its sequence number. Both change only with
     /// the GIL held.
@@ -149,6 +204,9 @@ impl Watchdog {
             abandoned: Mutex::new(Vec::new()),
             replace: OnceLock::new(),
             given_up: AtomicUsize::new(0),
+            cancels: Mutex::new(Vec::new()),
+            loop_thread: AtomicI64::new(0),
+            probes: Mutex::new(Vec::new()),
             io_thread: AtomicI64::new(0),
             inline_since: AtomicU64::new(0),
             inline_seq: AtomicU64::new(0),
@@ -199,6 +257,18 @@ impl Watchdog {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
+    /// Records this thread as the event loop's (GIL held).
+    pub fn set_loop_thread(&self) {
+        self.loop_thread.store(current_thread(), Ordering::Release);
+    }
+
+    /// The loop ran the cancellation of coroutine `id` (GIL held).
+    pub fn cancelled(&self, id: u64) {
+        if let Ok(mut list) = self.cancels.lock() {
+            list.retain(|c| c.id != id);
+        }
+    }
+
     /// Records this thread as the I/O thread (call with the GIL held, once).
     pub fn set_io_thread(&self) {
         self.io_thread.store(current_thread(), Ordering::Release);
@@ -219,6 +289,15 @@ impl Watchdog {
     /// Hands a pool call that passed its deadline to the watchdog, which interrupts it (never
     /// the caller: taking the GIL could block the I/O thread behind code stuck in C).
     pub fn abandon(&self, call: Arc<Call>) {
+        call.abandoned.store(true, Ordering::SeqCst);
+        if call.coroutine.load(Ordering::SeqCst) {
+            if let Ok(mut list) = self.cancels.lock() {
+                list.push(Cancel {
+                    id: call.id,
+                    stage: CancelStage::Queued,
+                });
+            }
+        }
         let thread = call.thread.load(Ordering::Acquire);
         if thread == 0 {
             return;
@@ -278,7 +357,121 @@ impl Watchdog {
         let now = Instant::now();
         self.check_import(now);
         self.check_abandoned(now);
+        self.check_cancels(now);
+        self.check_probes(now);
         self.check_inline(now);
+    }
+
+    fn check_cancels(self: &Arc<Self>, now: Instant) {
+        let mut send = Vec::new();
+        let mut interrupt = None;
+        let mut replace = false;
+        if let Ok(mut list) = self.cancels.lock() {
+            for c in list.iter_mut() {
+                match c.stage {
+                    CancelStage::Queued => {
+                        send.push(c.id);
+                        c.stage = CancelStage::Sent(now);
+                    }
+                    CancelStage::Sent(at) if now.duration_since(at) > GRACE => {
+                        interrupt = Some(c.id);
+                        c.stage = CancelStage::Interrupted(now);
+                    }
+                    CancelStage::Interrupted(at) if now.duration_since(at) > GRACE => {
+                        replace = true;
+                    }
+                    _ => {}
+                }
+            }
+            if replace {
+                // Those sent went to the loop given up; it runs them if it ever gets back.
+                list.retain(|c| matches!(c.stage, CancelStage::Queued));
+            }
+        }
+        if !send.is_empty() {
+            self.with_gil(move |py| {
+                let cancelled = super::host_module(py)
+                    .and_then(|h| h.call_method1(pyo3::intern!(py, "cancel"), (send,)));
+                if let Err(e) = cancelled {
+                    tracing::error!(cause = %e, "cannot cancel coroutines past MAX_FUNCTION_SECS");
+                }
+            });
+        }
+        if let Some(id) = interrupt {
+            let thread = self.loop_thread.load(Ordering::Acquire);
+            tracing::warn!("the event loop has run nothing for a second past a deadline (a coroutine that never awaits?); interrupting it");
+            self.raise_in(thread, false, move |dog| {
+                dog.loop_thread.load(Ordering::Acquire) == thread
+                    && dog
+                        .cancels
+                        .lock()
+                        .is_ok_and(|list| list.iter().any(|c| c.id == id))
+            });
+        }
+        if replace {
+            let blocked = self.given_up.fetch_add(1, Ordering::AcqRel) + 1;
+            let limit = self.replace.get().map_or(0, |(_, limit)| *limit);
+            if blocked > limit {
+                self.retire(format!(
+                    "{blocked} calls or event loops past MAX_FUNCTION_SECS are still blocked (more than DPMS_PY_THREADS)"
+                ));
+                return;
+            }
+            tracing::warn!(
+                "the event loop is still blocked past a deadline; coroutines move to a new loop"
+            );
+            self.with_gil(|py| {
+                let replaced = super::host_module(py)
+                    .and_then(|h| h.call_method0(pyo3::intern!(py, "replace_loop")));
+                if let Err(e) = replaced {
+                    tracing::error!(cause = %e, "cannot replace the event loop");
+                }
+            });
+        }
+    }
+
+    fn check_probes(&self, now: Instant) {
+        let mut stuck = false;
+        if let Ok(mut probes) = self.probes.lock() {
+            probes.retain(|p| {
+                if p.got.load(Ordering::Acquire) {
+                    return false;
+                }
+                stuck |= now.duration_since(p.since) > GRACE;
+                true
+            });
+        }
+        if stuck {
+            self.retire(
+                "the GIL was not released for a second past a deadline (stuck in C code)".into(),
+            );
+        }
+    }
+
+    /// Runs `f` with the GIL on a short-lived thread; the worker retires if the GIL does not
+    /// come within [`GRACE`] (code holding it never lets go).
+    fn with_gil(&self, f: impl FnOnce(Python<'_>) + Send + 'static) {
+        let got = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&got);
+        let spawned = std::thread::Builder::new()
+            .name("dpms-watchdog-py".into())
+            .spawn(move || {
+                Python::attach(|py| {
+                    flag.store(true, Ordering::Release);
+                    f(py);
+                })
+            });
+        match spawned {
+            Ok(_) => {
+                if let Ok(mut probes) = self.probes.lock() {
+                    probes.push(Probe {
+                        got,
+                        since: Instant::now(),
+                    });
+                }
+            }
+            Err(e) => tracing::error!(cause = %e, "cannot start a watchdog Python thread"),
+        }
     }
 
     /// Looks at the innermost import of each thread (imports nest when a plugin imports a

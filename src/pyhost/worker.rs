@@ -167,7 +167,7 @@ fn run_call(py: Python<'_>, job: CallJob) -> bool {
     // Set and cleared with the GIL held, like the interrupt reads it: no interrupt can land
     // after this call returned.
     call.started();
-    let took = invoke(py, &module, endpoint, &args, request, reply);
+    let took = invoke(py, &module, endpoint, &args, request, reply, &call);
     let given_up = call.finished();
     if let Some(e) = module.endpoints.get(endpoint) {
         e.schedule.record(false, took);
@@ -184,6 +184,7 @@ pub fn invoke(
     args: &CallArgs,
     request: Arc<RequestInfo>,
     reply: oneshot::Sender<CallResult>,
+    call: &Call,
 ) -> Duration {
     let started = Instant::now();
     let spec = module.endpoints.get(endpoint);
@@ -204,8 +205,13 @@ pub fn invoke(
     let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
-            if let Err(e) = submit(py, value, prefix, reply) {
-                tracing::error!(cause = %e, "cannot schedule a coroutine");
+            if call.submitting() {
+                if let Err(e) = submit(py, value, prefix, reply, call.id()) {
+                    tracing::error!(cause = %e, "cannot schedule a coroutine");
+                }
+            } else if let Ok(close) = value.getattr(intern!(py, "close")) {
+                // Past its deadline before it started: never run (and no "never awaited").
+                let _ = close.call0();
             }
         }
         Ok(value) => {
@@ -398,6 +404,7 @@ fn submit(
     awaitable: Bound<'_, PyAny>,
     prefix: Bytes,
     reply: oneshot::Sender<CallResult>,
+    id: u64,
 ) -> PyResult<()> {
     let completion = Py::new(
         py,
@@ -406,7 +413,7 @@ fn submit(
             reply: Mutex::new(Some(reply)),
         },
     )?;
-    host_module(py)?.call_method1(intern!(py, "submit"), (awaitable, completion))?;
+    host_module(py)?.call_method1(intern!(py, "submit"), (awaitable, completion, id))?;
     Ok(())
 }
 
@@ -444,6 +451,21 @@ impl Native {
     /// A plugin module starts executing on this thread (see [`Watchdog::import_started`]).
     fn import_started(&self, name: &str, source: &[u8]) {
         self.watchdog.import_started(name, source);
+    }
+
+    /// This thread runs the event loop from now on.
+    fn loop_thread(&self) {
+        self.watchdog.set_loop_thread();
+    }
+
+    /// The loop ran the cancellation of coroutine `id` (it is cancelled unless it ended).
+    fn cancelled(&self, id: u64) {
+        self.watchdog.cancelled(id);
+    }
+
+    /// The thread of an event loop given up on ends.
+    fn loop_exited(&self) {
+        self.watchdog.given_up_thread_exits();
     }
 
     /// The innermost plugin module executing on this thread finished.
