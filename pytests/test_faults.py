@@ -212,3 +212,80 @@ def test_a_coroutine_that_blocks_or_stops_the_loop_costs_only_itself(start_serve
     for _ in range(3):
         assert ok(srv.get("hello/")) == "hello"
     assert RETIRED not in log_text(srv)
+
+
+SOMETIMES_SLOW = """
+import os, time
+from dpms import expose
+
+@expose.endpoint(API='sometimes')
+def sometimes(mode='fast', started='', release=''):
+    if mode == 'slow':
+        time.sleep(0.05)  # ten times TOO_SLOW: a cache refresh
+    elif mode == 'block':
+        open(started, 'w').close()
+        for _ in range(2000):  # bounded: at most 20 s
+            if os.path.exists(release):
+                break
+            time.sleep(0.01)
+    return mode
+
+@expose.endpoint(API='other')
+def other():
+    return 'other'
+"""
+
+
+def schedule_of(srv, api):
+    return srv.dir()["endpoints"]["GET"][api]["schedule"]
+
+
+def test_an_endpoint_slow_while_inline_is_not_inline_again(start_server, plugin_folder, tmp_path):
+    (plugin_folder / "sometimes.py").write_text(source(SOMETIMES_SLOW))
+    srv = one_worker(start_server, plugin_folder, MAX_FUNCTION_SECS="30")
+    for _ in range(40):
+        assert ok(srv.get("sometimes/")) == "fast"
+    assert schedule_of(srv, "sometimes") == "inline"
+    # Slow once while inline (this one still holds the I/O thread: it was already running
+    # there when it turned slow).
+    assert ok(srv.get("sometimes/", params={"mode": "slow"})) == "slow"
+    for _ in range(40):
+        assert ok(srv.get("sometimes/")) == "fast"
+    assert schedule_of(srv, "sometimes") == "pool"
+    # The next slow call runs on the pool: an unrelated endpoint of the same worker answers
+    # while it is blocked.
+    started, release = tmp_path / "started", tmp_path / "release"
+    blocked = {}
+
+    def call_blocking():
+        params = {"mode": "block", "started": str(started), "release": str(release)}
+        blocked["r"] = srv.get("sometimes/", params=params)
+
+    t = threading.Thread(target=call_blocking, daemon=True)
+    t.start()
+    try:
+        wait_for(started.exists, timeout=20, what="the blocking call to start")
+        # Before the fix the endpoint was inline again, so this waited for the release.
+        r = srv.get("other/", timeout=5)
+        assert ok(r) == "other"
+        assert not release.exists() and t.is_alive()
+    finally:
+        release.touch()
+        t.join(TIMEOUT)
+    assert ok(blocked["r"]) == "block"
+    assert schedule_of(srv, "sometimes") == "pool"
+
+
+def test_a_reload_lets_the_endpoint_earn_inline_again(start_server, plugin_folder):
+    path = plugin_folder / "sometimes.py"
+    path.write_text(source(SOMETIMES_SLOW))
+    srv = one_worker(start_server, plugin_folder, MAX_FUNCTION_SECS="30")
+    for _ in range(40):
+        ok(srv.get("sometimes/"))
+    ok(srv.get("sometimes/", params={"mode": "slow"}))
+    assert schedule_of(srv, "sometimes") == "pool"
+    path.write_text(source(SOMETIMES_SLOW).replace("return mode", "return mode + ' fixed'"))
+    wait_for(lambda: ok(srv.get("sometimes/")) == "fast fixed", timeout=20, what="the reload")
+    for _ in range(40):
+        assert ok(srv.get("sometimes/")) == "fast fixed"
+    assert schedule_of(srv, "sometimes") == "inline"
