@@ -13,6 +13,7 @@ import socket
 import threading
 
 import pytest
+import requests
 
 from dpms_helpers import TIMEOUT, error, ok, source, wait_for
 
@@ -289,3 +290,45 @@ def test_a_reload_lets_the_endpoint_earn_inline_again(start_server, plugin_folde
     for _ in range(40):
         assert ok(srv.get("sometimes/")) == "fast fixed"
     assert schedule_of(srv, "sometimes") == "inline"
+
+
+HOG = """
+import ctypes, os, threading
+from dpms import expose
+
+@expose.endpoint(API='pid')
+def pid():
+    return os.getpid()
+
+@expose.endpoint(API='arm', blocking=True)
+def arm(flag):
+    def hog():
+        open(flag, 'w').close()
+        ctypes.PyDLL(None).sleep(1000)  # a plugin's own thread, in C, keeping the GIL
+
+    threading.Thread(target=hog, daemon=True).start()
+    return 'armed'
+"""
+
+
+def test_gil_held_by_a_plugin_thread_retires_the_worker(start_server, plugin_folder, tmp_path):
+    (plugin_folder / "hog.py").write_text(source(HOG))
+    srv = one_worker(start_server, plugin_folder)
+    for _ in range(40):
+        before = ok(srv.get("pid/"))
+    assert schedule_of(srv, "pid") == "inline"
+    flag = tmp_path / "hogging"
+    r = srv.get("arm/", params={"flag": str(flag)})
+    assert r.status_code in (200, 504), r.text
+    wait_for(flag.exists, timeout=20, what="the plugin thread to take the GIL")
+
+    def replaced():
+        # The stuck worker's I/O thread waits for the GIL; its connections end when it exits.
+        try:
+            r = srv.get("pid/", timeout=10)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200 and ok(r) != before
+
+    wait_for(replaced, timeout=40, interval=0.05, what="a new worker process")
+    assert "waited for the GIL" in log_text(srv), log_text(srv)[-3000:]

@@ -223,10 +223,14 @@ impl PyHost {
             .get(endpoint)
             .is_some_and(|e| e.schedule.inline());
         if inline {
+            self.watchdog.inline_waiting();
             let took = Python::attach(|py| {
                 self.watchdog.inline_started();
                 let took = worker::invoke(py, &module, endpoint, &args, request, reply, &call);
                 self.watchdog.inline_finished();
+                if took > self.call_time {
+                    self.watchdog.clear_interrupt(py);
+                }
                 took
             });
             if let Some(e) = module.endpoints.get(endpoint) {

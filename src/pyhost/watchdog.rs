@@ -17,6 +17,9 @@
 //!   a `CallTimeout`; if it still does not, the loop is *replaced*: new coroutines go to a new
 //!   loop on a new thread, and the old one ends when it gets back and its coroutines finish.
 //!   A plugin that stops the loop only ends one `run_forever`: the helper runs it again.
+//! - The I/O thread waiting for the GIL longer than a call may run means code holds it for
+//!   good (a plugin's own thread in C): the worker retires. Each watchdog thread that needs the
+//!   GIL is timed the same way.
 //! - Code on the I/O thread or in an import that does not return [`GRACE`] after its timeout
 //!   cannot be given up: the worker is *retired* — the supervisor starts its replacement at
 //!   once, this worker stops accepting, finishes what it can within `DPMS_SHUTDOWN_SECS`, and
@@ -42,6 +45,9 @@ use pyo3::prelude::*;
 
 /// How long code that was sent a timeout exception may take to stop before the worker retires.
 pub const GRACE: Duration = Duration::from_secs(1);
+/// How long a watchdog thread waits for the GIL before it concludes that code holds it for good.
+/// Longer than [`GRACE`]: with many CPU-bound Python threads, a waiter's turn can take a while.
+const GIL_WAIT: Duration = Duration::from_secs(3);
 /// How often the watchdog looks.
 const TICK: Duration = Duration::from_millis(50);
 /// Crashes at import after which a file is quarantined.
@@ -82,6 +88,11 @@ impl Call {
         }
     }
 
+    /// Its client had its 504 (an interrupt may have been sent).
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::SeqCst)
+    }
+
     /// The id its coroutine runs under.
     pub fn id(&self) -> u64 {
         self.id
@@ -101,6 +112,7 @@ impl Call {
     /// The call returned (GIL held). True if the watchdog gave its thread up meanwhile: a
     /// replacement is in the pool already, so this thread must exit.
     pub fn finished(&self) -> bool {
+        // (GIL held; `abandoned` says an interrupt may be pending, see `clear_interrupt`.)
         self.thread.store(0, Ordering::Release);
         self.phase.swap(DONE, Ordering::AcqRel) == GIVEN_UP
     }
@@ -130,7 +142,7 @@ enum CancelStage {
     Interrupted(Instant),
 }
 
-/// A thread waiting for the GIL to do some work: retire if it has not got it after [`GRACE`].
+/// A thread waiting for the GIL to do some work: retire if it has not got it after [`GIL_WAIT`].
 struct Probe {
     got: Arc<AtomicBool>,
     since: Instant,
@@ -177,6 +189,8 @@ pub struct Watchdog {
     io_thread: AtomicI64,
     inline_since: AtomicU64,
     inline_seq: AtomicU64,
+    /// Since when the I/O thread waits for the GIL to start an inline call (same encoding).
+    io_waiting: AtomicU64,
     /// The sequence number of the last inline call the watchdog interrupted.
     inline_interrupted: AtomicU64,
     /// `(ImportTimeout, CallTimeout)` from the helper.
@@ -210,6 +224,7 @@ impl Watchdog {
             io_thread: AtomicI64::new(0),
             inline_since: AtomicU64::new(0),
             inline_seq: AtomicU64::new(0),
+            io_waiting: AtomicU64::new(0),
             inline_interrupted: AtomicU64::new(0),
             exceptions: OnceLock::new(),
             retire: Mutex::new(None),
@@ -274,11 +289,31 @@ impl Watchdog {
         self.io_thread.store(current_thread(), Ordering::Release);
     }
 
+    /// The I/O thread is about to take the GIL for an inline call: if it waits longer than a
+    /// call may run, code holds the GIL for good and the worker retires.
+    pub fn inline_waiting(&self) {
+        let since = self.base.elapsed().as_nanos() as u64 + 1;
+        self.io_waiting.store(since, Ordering::Release);
+    }
+
     /// Marks the start of an inline call on the I/O thread (GIL held).
     pub fn inline_started(&self) {
+        self.io_waiting.store(0, Ordering::Release);
         let since = self.base.elapsed().as_nanos() as u64 + 1;
         self.inline_seq.fetch_add(1, Ordering::AcqRel);
         self.inline_since.store(since, Ordering::Release);
+    }
+
+    /// Drops a `CallTimeout` raised into this thread that has not landed (GIL held): the call
+    /// it was meant for returned first, and it must not hit the next one.
+    pub fn clear_interrupt(&self, _py: Python<'_>) {
+        // SAFETY: the GIL is held (`_py`); a null exception clears the thread's pending one.
+        unsafe {
+            pyo3::ffi::PyThreadState_SetAsyncExc(
+                current_thread() as std::os::raw::c_long,
+                std::ptr::null_mut(),
+            );
+        }
     }
 
     /// Marks the end of the inline call (GIL held).
@@ -437,7 +472,7 @@ impl Watchdog {
                 if p.got.load(Ordering::Acquire) {
                     return false;
                 }
-                stuck |= now.duration_since(p.since) > GRACE;
+                stuck |= now.duration_since(p.since) > GIL_WAIT;
                 true
             });
         }
@@ -449,7 +484,7 @@ impl Watchdog {
     }
 
     /// Runs `f` with the GIL on a short-lived thread; the worker retires if the GIL does not
-    /// come within [`GRACE`] (code holding it never lets go).
+    /// come within [`GIL_WAIT`] (code holding it never lets go).
     fn with_gil(&self, f: impl FnOnce(Python<'_>) + Send + 'static) {
         let got = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&got);
@@ -546,7 +581,7 @@ impl Watchdog {
                             give_up.push(Arc::clone(&a.call));
                             return false;
                         }
-                        if now.duration_since(*at) > GRACE {
+                        if now.duration_since(*at) > GIL_WAIT {
                             stuck = true;
                         }
                     }
@@ -614,6 +649,16 @@ impl Watchdog {
     }
 
     fn check_inline(self: &Arc<Self>, now: Instant) {
+        let waiting = self.io_waiting.load(Ordering::Acquire);
+        if waiting != 0 {
+            let since = self.base + Duration::from_nanos(waiting - 1);
+            if now.saturating_duration_since(since) > self.call_time + GIL_WAIT {
+                self.retire(
+                    "the I/O thread waited for the GIL past MAX_FUNCTION_SECS (stuck in C code holding it)"
+                        .into(),
+                );
+            }
+        }
         let since = self.inline_since.load(Ordering::Acquire);
         if since == 0 {
             return;

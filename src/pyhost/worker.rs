@@ -126,7 +126,7 @@ fn thread_main(pool: &Pool) {
         // A panic in one job must not shrink the pool: the job's reply is dropped, which its
         // caller reports as an internal error.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
-            Job::Call(call) => run_call(py, call),
+            Job::Call(call) => run_call(py, call, watchdog),
             Job::Load {
                 files,
                 forget,
@@ -155,7 +155,7 @@ fn thread_main(pool: &Pool) {
 }
 
 /// Runs one call; true if this thread was given up meanwhile and must exit.
-fn run_call(py: Python<'_>, job: CallJob) -> bool {
+fn run_call(py: Python<'_>, job: CallJob, watchdog: &Watchdog) -> bool {
     let CallJob {
         module,
         endpoint,
@@ -169,6 +169,9 @@ fn run_call(py: Python<'_>, job: CallJob) -> bool {
     call.started();
     let took = invoke(py, &module, endpoint, &args, request, reply, &call);
     let given_up = call.finished();
+    if call.abandoned() {
+        watchdog.clear_interrupt(py);
+    }
     if let Some(e) = module.endpoints.get(endpoint) {
         e.schedule.record(false, took);
     }
