@@ -211,6 +211,7 @@ def _wind_down(loop):
         loop._dpms_wound_down = True
         loop.stop()
 
+
 class ImportTimeout(TimeoutError):
     """Raised by the server's watchdog inside an import running past ``DPMS_LOAD_SECS``."""
 

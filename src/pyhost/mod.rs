@@ -240,7 +240,7 @@ impl PyHost {
                 // The watchdog stopped it at the deadline (or it just ran that long).
                 Ok(_) if took > self.call_time => Dispatch::Done(Err(CallFailure::TimedOut)),
                 Ok(result) => Dispatch::Done(result),
-                // A coroutine: nothing to interrupt on a thread.
+                // A coroutine: the interrupt cancels it on the event loop.
                 Err(_) => Dispatch::Pending(rx, self.interrupt(call)),
             };
         }
