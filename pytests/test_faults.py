@@ -241,12 +241,21 @@ def schedule_of(srv, api):
     return srv.dir()["endpoints"]["GET"][api]["schedule"]
 
 
+def promote(srv, api, expected):
+    """Calls ``api`` until it runs inline (a busy machine can make one call count as slow and
+    restart the streak); bounded."""
+    for _ in range(20):
+        for _ in range(20):
+            assert ok(srv.get(f"{api}/")) == expected
+        if schedule_of(srv, api) == "inline":
+            return
+    raise AssertionError(f"{api} was never promoted to inline: {srv.dir()}")
+
+
 def test_an_endpoint_slow_while_inline_is_not_inline_again(start_server, plugin_folder, tmp_path):
     (plugin_folder / "sometimes.py").write_text(source(SOMETIMES_SLOW))
     srv = one_worker(start_server, plugin_folder, MAX_FUNCTION_SECS="30")
-    for _ in range(40):
-        assert ok(srv.get("sometimes/")) == "fast"
-    assert schedule_of(srv, "sometimes") == "inline"
+    promote(srv, "sometimes", "fast")
     # Slow once while inline (this one still holds the I/O thread: it was already running
     # there when it turned slow).
     assert ok(srv.get("sometimes/", params={"mode": "slow"})) == "slow"
@@ -281,15 +290,12 @@ def test_a_reload_lets_the_endpoint_earn_inline_again(start_server, plugin_folde
     path = plugin_folder / "sometimes.py"
     path.write_text(source(SOMETIMES_SLOW))
     srv = one_worker(start_server, plugin_folder, MAX_FUNCTION_SECS="30")
-    for _ in range(40):
-        ok(srv.get("sometimes/"))
+    promote(srv, "sometimes", "fast")
     ok(srv.get("sometimes/", params={"mode": "slow"}))
     assert schedule_of(srv, "sometimes") == "pool"
     path.write_text(source(SOMETIMES_SLOW).replace("return mode", "return mode + ' fixed'"))
     wait_for(lambda: ok(srv.get("sometimes/")) == "fast fixed", timeout=20, what="the reload")
-    for _ in range(40):
-        assert ok(srv.get("sometimes/")) == "fast fixed"
-    assert schedule_of(srv, "sometimes") == "inline"
+    promote(srv, "sometimes", "fast fixed")
 
 
 HOG = """
@@ -314,9 +320,8 @@ def arm(flag):
 def test_gil_held_by_a_plugin_thread_retires_the_worker(start_server, plugin_folder, tmp_path):
     (plugin_folder / "hog.py").write_text(source(HOG))
     srv = one_worker(start_server, plugin_folder)
-    for _ in range(40):
-        before = ok(srv.get("pid/"))
-    assert schedule_of(srv, "pid") == "inline"
+    before = ok(srv.get("pid/"))
+    promote(srv, "pid", before)
     flag = tmp_path / "hogging"
     r = srv.get("arm/", params={"flag": str(flag)})
     assert r.status_code in (200, 504), r.text
