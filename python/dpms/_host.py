@@ -88,8 +88,8 @@ _batch = None
 _loop = None
 #: The captured ``stdout`` and ``stderr`` (plugins may rebind ``sys.stdout``).
 _streams = ()
-#: Coroutine tasks running on ``_loop``.
-_tasks = set()
+#: Call id -> its coroutine's task, while it runs (on ``_loop`` or a loop given up).
+_tasks = {}
 
 _OWN_GLOBALS = globals()
 
@@ -286,8 +286,48 @@ def setup(native, plugin_dirs, extra_paths, extra_env=()):
     for folder in plugin_dirs:
         sys.path_importer_cache[folder] = _NothingHere()
     sys.meta_path.insert(0, _PluginFinder())
+    _start_loop()
+
+
+def _start_loop():
+    global _loop
     _loop = asyncio.new_event_loop()
-    threading.Thread(target=_loop.run_forever, name="dpms-asyncio", daemon=True).start()
+    threading.Thread(target=_serve_loop, args=(_loop,), name="dpms-asyncio", daemon=True).start()
+
+
+def _serve_loop(loop):
+    """The event loop's thread. A plugin that stops the loop ends one ``run_forever`` only:
+    it runs again, until :func:`replace_loop` gave this loop up and it wound down."""
+    _native.loop_thread()
+    asyncio.set_event_loop(loop)
+    while True:
+        try:
+            loop.run_forever()
+        except BaseException:  # noqa: BLE001 - a CallTimeout that landed between callbacks
+            pass
+        if _loop is not loop and loop._dpms_wound_down:
+            break
+    loop.close()
+    _native.loop_exited()
+
+
+def replace_loop():
+    """The watchdog's last resort when the loop has run nothing for a while past a deadline
+    (a coroutine that never awaits and swallowed its ``CallTimeout``, or one blocked in
+    ``time.sleep``): new coroutines go to a new loop on a new thread; the old loop ends once it
+    gets back and the coroutines it holds are done."""
+    old = _loop
+    old._dpms_wound_down = False
+    _start_loop()
+    old.call_soon_threadsafe(_wind_down, old)
+
+
+def _wind_down(loop):
+    if any(task.get_loop() is loop and not task.done() for task in list(_tasks.values())):
+        loop.call_later(0.1, _wind_down, loop)
+    else:
+        loop._dpms_wound_down = True
+        loop.stop()
 
 
 def drain_output():
@@ -661,16 +701,34 @@ async def _run(awaitable, done):
         traceback.print_exc()
 
 
-def _start(awaitable, done):
+def _start(loop, ident, awaitable, done):
     # The loop keeps only weak references to tasks: hold each until it ends.
-    task = _loop.create_task(_run(awaitable, done))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    task = loop.create_task(_run(awaitable, done))
+    _tasks[ident] = task
+    task.add_done_callback(lambda _: _tasks.pop(ident, None))
 
 
-def submit(awaitable, done):
+def submit(awaitable, done, ident):
     """Runs ``awaitable`` on the event loop; ``done(ok, value)`` is called on the loop thread.
+    ``ident`` names it for :func:`cancel`.
 
     One hop onto the loop (``call_soon_threadsafe``) and one task: no ``concurrent.futures``
     future to chain back, since ``done`` replies to the server itself."""
-    _loop.call_soon_threadsafe(_start, awaitable, done)
+    loop = _loop
+    loop.call_soon_threadsafe(_start, loop, ident, awaitable, done)
+
+
+def cancel(idents):
+    """Called by the watchdog (on its own thread) for coroutines past their deadline; each
+    loop tells it when it ran the cancellation (a loop that does not is stuck)."""
+    for ident in idents:
+        task = _tasks.get(ident)
+        loop = task.get_loop() if task is not None else _loop
+        loop.call_soon_threadsafe(_cancel, ident)
+
+
+def _cancel(ident):
+    task = _tasks.get(ident)
+    if task is not None:
+        task.cancel()
+    _native.cancelled(ident)

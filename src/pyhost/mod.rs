@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
 pub use request::RequestInfo;
 pub use schedule::Schedule;
+use watchdog::Call;
 pub use watchdog::{RetireHook, Watchdog};
 
 use crate::config::Config;
@@ -140,16 +141,17 @@ pub enum Dispatch {
 
 /// Stops a call that ran past its deadline.
 pub struct Interrupt {
-    running: Arc<std::sync::atomic::AtomicI64>,
+    call: Arc<Call>,
     watchdog: Arc<Watchdog>,
 }
 
 impl Interrupt {
     /// Hands the call to the watchdog, which raises `CallTimeout` inside the Python thread
-    /// still running it, so a pure-Python runaway loop stops burning CPU and frees its thread,
-    /// and retires the worker if the call is stuck in C. Never blocks.
+    /// still running it, so a pure-Python runaway loop stops burning CPU and frees its thread;
+    /// gives the thread up if the call is blocked outside Python, and retires the worker if it
+    /// is stuck in C holding the GIL. Never blocks.
     pub fn interrupt(&self) {
-        self.watchdog.abandon(Arc::clone(&self.running));
+        self.watchdog.abandon(Arc::clone(&self.call));
     }
 }
 
@@ -175,6 +177,8 @@ pub struct PyHost {
     queues: worker::Queues,
     watchdog: Arc<Watchdog>,
     call_time: std::time::Duration,
+    /// Numbers the calls (their coroutines are cancelled by number).
+    next_call: std::sync::atomic::AtomicU64,
 }
 
 impl PyHost {
@@ -196,6 +200,7 @@ impl PyHost {
             queues,
             watchdog,
             call_time: config.max_function_time,
+            next_call: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -215,16 +220,23 @@ impl PyHost {
         request: Arc<RequestInfo>,
     ) -> Dispatch {
         let (reply, mut rx) = oneshot::channel();
-        let running = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let call = Arc::new(Call::new(
+            self.next_call
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ));
         let inline = module
             .endpoints
             .get(endpoint)
             .is_some_and(|e| e.schedule.inline());
         if inline {
+            self.watchdog.inline_waiting();
             let took = Python::attach(|py| {
                 self.watchdog.inline_started();
-                let took = worker::invoke(py, &module, endpoint, &args, request, reply);
+                let took = worker::invoke(py, &module, endpoint, &args, request, reply, &call);
                 self.watchdog.inline_finished();
+                if took > self.call_time {
+                    self.watchdog.clear_interrupt(py);
+                }
                 took
             });
             if let Some(e) = module.endpoints.get(endpoint) {
@@ -234,8 +246,8 @@ impl PyHost {
                 // The watchdog stopped it at the deadline (or it just ran that long).
                 Ok(_) if took > self.call_time => Dispatch::Done(Err(CallFailure::TimedOut)),
                 Ok(result) => Dispatch::Done(result),
-                // A coroutine: nothing to interrupt on a thread.
-                Err(_) => Dispatch::Pending(rx, self.interrupt(running)),
+                // A coroutine: the interrupt cancels it on the event loop.
+                Err(_) => Dispatch::Pending(rx, self.interrupt(call)),
             };
         }
         let job = worker::Job::Call(worker::CallJob {
@@ -244,10 +256,10 @@ impl PyHost {
             args,
             request,
             reply,
-            running: Arc::clone(&running),
+            call: Arc::clone(&call),
         });
         match self.queues.calls.try_send(job) {
-            Ok(()) => Dispatch::Pending(rx, self.interrupt(running)),
+            Ok(()) => Dispatch::Pending(rx, self.interrupt(call)),
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 Dispatch::Done(Err(CallFailure::Overloaded))
             }
@@ -258,9 +270,9 @@ impl PyHost {
         }
     }
 
-    fn interrupt(&self, running: Arc<std::sync::atomic::AtomicI64>) -> Interrupt {
+    fn interrupt(&self, call: Arc<Call>) -> Interrupt {
         Interrupt {
-            running,
+            call,
             watchdog: Arc::clone(&self.watchdog),
         }
     }

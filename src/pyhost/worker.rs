@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::convert::{arg_to_py, to_py, write_json};
 use super::keys::Keys;
 use super::request::{PyRequest, RequestInfo};
-use super::watchdog::Watchdog;
+use super::watchdog::{Call, Watchdog};
 use super::{
     host_module, CallFailure, CallResult, LoadRequest, Loaded, ModuleHandle, Outcome, Report,
 };
@@ -44,8 +44,8 @@ pub struct CallJob {
     pub args: CallArgs,
     pub request: Arc<RequestInfo>,
     pub reply: oneshot::Sender<CallResult>,
-    /// The Python thread running this call, while it runs (see [`super::Interrupt`]).
-    pub running: Arc<AtomicI64>,
+    /// Shared with the request and the watchdog (see [`super::Interrupt`]).
+    pub call: Arc<Call>,
 }
 
 thread_local! {
@@ -69,21 +69,51 @@ fn drain_output(py: Python<'_>) {
 }
 
 /// Starts `count` Python threads. Calls wait in a queue of at most `max_queued` (a full queue
-/// is the caller's 503); loads have their own unbounded queue and are taken first.
+/// is the caller's 503); loads have their own unbounded queue and are taken first. The
+/// watchdog can add a thread in place of one it gave up on (see [`Watchdog::set_pool`]).
 pub fn spawn(count: usize, max_queued: usize, watchdog: &Arc<Watchdog>) -> Queues {
     let (calls, call_rx) = crossbeam_channel::bounded::<Job>(max_queued);
     let (loads, load_rx) = crossbeam_channel::unbounded::<Job>();
-    for i in 0..count {
-        let (call_rx, load_rx) = (call_rx.clone(), load_rx.clone());
-        let watchdog = Arc::clone(watchdog);
-        let spawned = std::thread::Builder::new()
-            .name(format!("dpms-py-{i}"))
-            .spawn(move || thread_main(call_rx, load_rx, watchdog));
-        if let Err(e) = spawned {
-            tracing::error!(cause = %e, "cannot start a Python thread");
-        }
+    let pool = Arc::new(Pool {
+        calls: call_rx,
+        loads: load_rx,
+        watchdog: Arc::clone(watchdog),
+        started: AtomicUsize::new(0),
+    });
+    for _ in 0..count {
+        add_thread(&pool);
     }
+    // Weak: the threads keep the pool alive, not the watchdog.
+    let weak = Arc::downgrade(&pool);
+    watchdog.set_pool(
+        Box::new(move || {
+            if let Some(pool) = weak.upgrade() {
+                add_thread(&pool);
+            }
+        }),
+        count,
+    );
     Queues { calls, loads }
+}
+
+/// What every Python thread of the pool shares.
+struct Pool {
+    calls: crossbeam_channel::Receiver<Job>,
+    loads: crossbeam_channel::Receiver<Job>,
+    watchdog: Arc<Watchdog>,
+    /// Threads started so far (names them).
+    started: AtomicUsize,
+}
+
+fn add_thread(pool: &Arc<Pool>) {
+    let i = pool.started.fetch_add(1, Ordering::Relaxed);
+    let pool = Arc::clone(pool);
+    let spawned = std::thread::Builder::new()
+        .name(format!("dpms-py-{i}"))
+        .spawn(move || thread_main(&pool));
+    if let Err(e) = spawned {
+        tracing::error!(cause = %e, "cannot start a Python thread");
+    }
 }
 
 /// The two job queues of the Python threads.
@@ -92,11 +122,8 @@ pub struct Queues {
     pub loads: crossbeam_channel::Sender<Job>,
 }
 
-fn thread_main(
-    calls: crossbeam_channel::Receiver<Job>,
-    loads: crossbeam_channel::Receiver<Job>,
-    watchdog: Arc<Watchdog>,
-) {
+fn thread_main(pool: &Pool) {
+    let (calls, loads, watchdog) = (&pool.calls, &pool.loads, &pool.watchdog);
     Python::attach(|py| loop {
         let next = py.detach(|| {
             if let Ok(job) = loads.try_recv() {
@@ -113,7 +140,7 @@ fn thread_main(
         // A panic in one job must not shrink the pool: the job's reply is dropped, which its
         // caller reports as an internal error.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match job {
-            Job::Call(call) => run_call(py, call),
+            Job::Call(call) => run_call(py, call, watchdog),
             Job::Load {
                 files,
                 forget,
@@ -121,37 +148,50 @@ fn thread_main(
                 reply,
             } => {
                 let _ = reply.send(
-                    run_load(py, files, forget, requests, &watchdog).map_err(|e| e.to_string()),
+                    run_load(py, files, forget, requests, watchdog).map_err(|e| e.to_string()),
                 );
+                false
             }
         }));
-        if outcome.is_err() {
-            tracing::error!("a Python thread job panicked");
-        }
         // After a load (a call drained already): tagged with the module that printed.
         drain_output(py);
         CURRENT_MODULE.with(|m| m.borrow_mut().take());
+        match outcome {
+            Err(_) => tracing::error!("a Python thread job panicked"),
+            // The watchdog gave this thread up while its call was blocked; its replacement
+            // serves the pool.
+            Ok(true) => {
+                watchdog.given_up_thread_exits();
+                tracing::info!("a call given up past MAX_FUNCTION_SECS returned; its thread exits");
+                return;
+            }
+            Ok(false) => {}
+        }
     });
 }
 
-fn run_call(py: Python<'_>, job: CallJob) {
+/// Runs one call; true if this thread was given up meanwhile and must exit.
+fn run_call(py: Python<'_>, job: CallJob, watchdog: &Watchdog) -> bool {
     let CallJob {
         module,
         endpoint,
         args,
         request,
         reply,
-        running,
+        call,
     } = job;
     // Set and cleared with the GIL held, like the interrupt reads it: no interrupt can land
     // after this call returned.
-    // SAFETY: pthread_self has no preconditions; CPython's thread ident is this value.
-    running.store(unsafe { libc::pthread_self() } as i64, Ordering::Release);
-    let took = invoke(py, &module, endpoint, &args, request, reply);
-    running.store(0, Ordering::Release);
+    call.started();
+    let took = invoke(py, &module, endpoint, &args, request, reply, &call);
+    let given_up = call.finished();
+    if call.abandoned() {
+        watchdog.clear_interrupt(py);
+    }
     if let Some(e) = module.endpoints.get(endpoint) {
         e.schedule.record(false, took);
     }
+    given_up
 }
 
 /// Calls the endpoint and sends its outcome on `reply` — now, or when its coroutine finishes.
@@ -163,6 +203,7 @@ pub fn invoke(
     args: &CallArgs,
     request: Arc<RequestInfo>,
     reply: oneshot::Sender<CallResult>,
+    call: &Call,
 ) -> Duration {
     let started = Instant::now();
     let spec = module.endpoints.get(endpoint);
@@ -183,8 +224,13 @@ pub fn invoke(
     let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
-            if let Err(e) = submit(py, value, prefix, reply) {
-                tracing::error!(cause = %e, "cannot schedule a coroutine");
+            if call.submitting() {
+                if let Err(e) = submit(py, value, prefix, reply, call.id()) {
+                    tracing::error!(cause = %e, "cannot schedule a coroutine");
+                }
+            } else if let Ok(close) = value.getattr(intern!(py, "close")) {
+                // Past its deadline before it started: never run (and no "never awaited").
+                let _ = close.call0();
             }
         }
         Ok(value) => {
@@ -375,6 +421,7 @@ fn submit(
     awaitable: Bound<'_, PyAny>,
     prefix: Bytes,
     reply: oneshot::Sender<CallResult>,
+    id: u64,
 ) -> PyResult<()> {
     let completion = Py::new(
         py,
@@ -383,7 +430,7 @@ fn submit(
             reply: Mutex::new(Some(reply)),
         },
     )?;
-    host_module(py)?.call_method1(intern!(py, "submit"), (awaitable, completion))?;
+    host_module(py)?.call_method1(intern!(py, "submit"), (awaitable, completion, id))?;
     Ok(())
 }
 
@@ -423,6 +470,21 @@ impl Native {
     /// A plugin module starts executing on this thread (see [`Watchdog::import_started`]).
     fn import_started(&self, name: &str, source: &[u8]) {
         self.watchdog.import_started(name, source);
+    }
+
+    /// This thread runs the event loop from now on.
+    fn loop_thread(&self) {
+        self.watchdog.set_loop_thread();
+    }
+
+    /// The loop ran the cancellation of coroutine `id` (it is cancelled unless it ended).
+    fn cancelled(&self, id: u64) {
+        self.watchdog.cancelled(id);
+    }
+
+    /// The thread of an event loop given up on ends.
+    fn loop_exited(&self) {
+        self.watchdog.given_up_thread_exits();
     }
 
     /// The innermost plugin module executing on this thread finished.

@@ -75,9 +75,11 @@ fn an_import_that_kills_its_worker_is_quarantined_after_two_tries() {
 }
 
 #[test]
-fn a_call_stuck_in_c_retires_its_worker_and_requests_keep_succeeding() {
+fn a_call_stuck_in_c_holding_the_gil_retires_its_worker_and_a_new_one_serves() {
+    // `PyDLL` keeps the GIL during the C call (`CDLL` releases it: such a call is given up,
+    // see pytests/test_faults.py).
     let stuck = "import ctypes\nfrom dpms import expose\n\
-                 @expose.endpoint(API='stuck', blocking=True)\ndef stuck():\n    ctypes.CDLL(None).sleep(1000)\n";
+                 @expose.endpoint(API='stuck', blocking=True)\ndef stuck():\n    ctypes.PyDLL(None).sleep(1000)\n";
     let s = TestServer::start(
         &[("stuck", stuck), ("fine", FINE)],
         &[
@@ -91,12 +93,13 @@ fn a_call_stuck_in_c_retires_its_worker_and_requests_keep_succeeding() {
         s.get_fresh("/rest/services/stuck/").error(),
         (504, "timeout".into())
     );
-    // Every request succeeds while the stuck worker retires; soon a new process answers.
+    // Until it stops accepting, the stuck worker answers 504 (nothing can run Python there);
+    // soon a new process answers.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = s.get_fresh("/rest/services/pid/");
-        assert_eq!(r.status, 200, "{}", r.text);
-        if r.result() != before {
+        assert!(r.status == 200 || r.status == 504, "{}", r.text);
+        if r.status == 200 && r.result() != before {
             break;
         }
         assert!(Instant::now() < deadline, "not replaced:\n{}", s.log());
@@ -104,7 +107,7 @@ fn a_call_stuck_in_c_retires_its_worker_and_requests_keep_succeeding() {
     }
     assert!(s
         .log_with("retiring this worker")
-        .contains("stuck in C code"));
+        .contains("holds the GIL (stuck in C code)"));
 }
 
 #[test]
