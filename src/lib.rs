@@ -4,7 +4,8 @@
 //! - [`config`]: every setting, read from defaults, `.env`, the environment and flags.
 //! - [`telemetry`]: the log subscriber.
 //! - [`supervisor`]: `dpms serve`: the listener and the worker processes kept alive.
-//! - [`state_dir`]: the supervisor's private shared state folder, stale ones removed.
+//! - [`state_dir`]: the supervisor's private shared state folder, stale ones removed; which
+//!   worker logs a message shared by all.
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
@@ -13,7 +14,8 @@
 //! - [`response`]: JSON responses and error bodies.
 //! - [`request_id`]: the `X-Request-Id` kept from the client or made.
 //! - [`error`]: the catalogue of client-visible errors.
-//! - [`plugins`]: plugin files, loading, freshness (watcher + per-request check).
+//! - [`plugins`]: plugin files and packages, loading, freshness (watches on every folder a
+//!   plugin folder is reached through + the per-request check).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
 
 pub mod config;
