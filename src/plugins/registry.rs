@@ -598,7 +598,11 @@ impl Registry {
         let failed = old_modules_failed(&old);
         let mut files: Vec<TrackedFile> = Vec::new();
         let mut changed: HashSet<String> = HashSet::new();
-        for (stem, path) in &listing {
+        for (i, (stem, path)) in listing.iter().enumerate() {
+            // One thread serves this worker's requests: let them in between the reads.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             let kept = old_files.get(stem.as_str()).filter(|f| {
                 &f.path == path
                     && !force.contains(stem)
@@ -716,7 +720,10 @@ impl Registry {
             .map(|m| (m.name.as_str(), m))
             .collect();
         let mut modules: Vec<Arc<Module>> = Vec::new();
-        for f in &files {
+        for (i, f) in files.iter().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             match loaded.remove(&f.stem) {
                 None => {
                     if let Some(m) = old_modules.get(f.stem.as_str()) {
@@ -792,6 +799,10 @@ impl Registry {
         snap
     }
 }
+
+/// A reload gives way to requests (it runs on the thread that serves them) after checking or
+/// building this many files.
+const YIELD_EVERY: usize = 128;
 
 /// What the reload under way is doing, for requests deciding whether to wait for it.
 #[derive(Debug, Clone)]
