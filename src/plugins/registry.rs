@@ -75,16 +75,38 @@ pub struct Snapshot {
     dirs: Vec<DirState>,
     files: Vec<TrackedFile>,
     packages: Vec<TrackedPackage>,
+    /// File stem → index in `files`: requests look files up by name while a mass change with
+    /// thousands of names is pending.
+    by_stem: HashMap<String, usize>,
 }
 
 impl Snapshot {
-    fn empty() -> Snapshot {
+    fn new(
+        table: RouteTable,
+        dirs: Vec<DirState>,
+        files: Vec<TrackedFile>,
+        packages: Vec<TrackedPackage>,
+    ) -> Snapshot {
+        let by_stem = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.stem.clone(), i))
+            .collect();
         Snapshot {
-            table: RouteTable::default(),
-            dirs: Vec::new(),
-            files: Vec::new(),
-            packages: Vec::new(),
+            table,
+            dirs,
+            files,
+            packages,
+            by_stem,
         }
+    }
+
+    fn empty() -> Snapshot {
+        Snapshot::new(RouteTable::default(), Vec::new(), Vec::new(), Vec::new())
+    }
+
+    fn file(&self, stem: &str) -> Option<&TrackedFile> {
+        self.by_stem.get(stem).and_then(|&i| self.files.get(i))
     }
 
     /// What the Python finder may import from the plugin folders: stem → file (a package's
@@ -107,7 +129,7 @@ impl Snapshot {
             .filter(|p| p.status == "error")
             .find_map(|p| {
                 let stem = p.key.strip_suffix(".py")?;
-                let file = self.files.iter().find(|f| f.stem == stem)?;
+                let file = self.file(stem)?;
                 let source = String::from_utf8_lossy(&file.state.source);
                 quoted
                     .iter()
@@ -119,7 +141,7 @@ impl Snapshot {
     /// Whether `key` (a file name `x.py` or a package key `pkg/`) is one this snapshot has.
     fn knows(&self, key: &str) -> bool {
         match (key.strip_suffix(".py"), key.strip_suffix('/')) {
-            (Some(stem), _) => self.files.iter().any(|f| f.stem == stem),
+            (Some(stem), _) => self.by_stem.contains_key(stem),
             (_, Some(name)) => self.packages.iter().any(|p| p.name == name),
             _ => false,
         }
@@ -135,22 +157,33 @@ impl Snapshot {
         self.dirs_current() && self.files.iter().all(|f| f.state.is_current(&f.path))
     }
 
+    /// Whether the folders list the same files and each of `needs` (plugin modules and
+    /// packages) holds the bytes that were loaded: a stat each, content when recent or changed.
+    pub fn needs_current(&self, needs: &[String]) -> bool {
+        self.dirs_current()
+            && needs.iter().all(|n| match self.file(n) {
+                Some(f) => f.state.is_current(&f.path),
+                None => self
+                    .packages
+                    .iter()
+                    .find(|p| &p.name == n)
+                    .is_some_and(TrackedPackage::is_current),
+            })
+    }
+
     /// Whether `module` and the plugin modules it imported are as loaded.
     pub fn module_current(&self, module: &Module) -> bool {
         if !module.file.is_current(&module.path) {
             return false;
         }
-        module
-            .deps
-            .iter()
-            .all(|dep| match self.files.iter().find(|f| &f.stem == dep) {
-                Some(f) => f.state.is_current(&f.path),
-                None => self
-                    .packages
-                    .iter()
-                    .find(|p| &p.name == dep)
-                    .is_some_and(TrackedPackage::is_current),
-            })
+        module.deps.iter().all(|dep| match self.file(dep) {
+            Some(f) => f.state.is_current(&f.path),
+            None => self
+                .packages
+                .iter()
+                .find(|p| &p.name == dep)
+                .is_some_and(TrackedPackage::is_current),
+        })
     }
 }
 
@@ -268,75 +301,107 @@ impl Registry {
     }
 
     /// [`Registry::snapshot`] for a request that needs only the modules `needs` names in a
-    /// table (`None`: it needs the whole table). While a reload is importing other modules,
-    /// such a request is served at once from the current table (SPEC §2: a slow import delays
-    /// only the requests that route to the modules being loaded); it waits otherwise.
+    /// table (`None`: it needs the whole table). While other modules are being reloaded, or
+    /// changes to them are not yet taken by a reload, such a request is served at once from the
+    /// current table (SPEC §2: a slow import delays only the requests that route to the
+    /// modules being loaded); it waits for the reload otherwise. See
+    /// [`Registry::untouched`] for why that is exact.
     pub async fn snapshot_for(
         &self,
         needs: impl Fn(&Snapshot) -> Option<Vec<String>>,
     ) -> Arc<Snapshot> {
-        let snap = self.current();
         if self.config.reload == ReloadMode::Never {
-            return snap;
+            return self.current();
         }
         let mut state = self.load_state.subscribe();
         // Bounded: a reload scanning again and again cannot keep a request here; it then
         // waits for the reload like any other.
-        for _ in 0..4 {
-            let unprocessed = self.drain_into_unprocessed(&snap);
+        for _ in 0..8 {
+            // In this order: every change completed before the request was sent is then in
+            // `unprocessed`, in what the reload seen in `now` took, or in the snapshot read
+            // last (published by a reload that took it).
+            let unprocessed = self.drain_into_unprocessed();
             let reloading = self.reload_lock.try_lock().is_err();
-            if !reloading {
-                if unprocessed.is_nothing() && !self.dirty.load(Ordering::Acquire) {
-                    return snap;
-                }
-                break;
+            let now = if reloading {
+                state.borrow_and_update().clone()
+            } else {
+                LoadState::Idle
+            };
+            let snap = self.current();
+            let dirty = self.dirty.load(Ordering::Acquire);
+            if !reloading && unprocessed.is_nothing() && !dirty {
+                return snap;
             }
-            let now = state.borrow_and_update().clone();
+            if reloading && matches!(now, LoadState::Idle) {
+                // A reload just starting or just ending: look again.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let untouched = needs(&snap)
+                .is_some_and(|needs| Self::untouched(&snap, &needs, &unprocessed, &now));
+            if untouched {
+                if !unprocessed.is_nothing() || dirty {
+                    // Taken by the next reload, which the background task starts.
+                    self.dirty.store(true, Ordering::Release);
+                    if let Some(wake) = &self.wake {
+                        let _ = wake.try_send(());
+                    }
+                }
+                return snap;
+            }
             match now {
-                // Just finished: look again.
-                LoadState::Idle => continue,
                 // What it loads is not known yet: look again once it knows.
-                LoadState::Scanning => {
+                LoadState::Scanning(_) => {
                     if state.changed().await.is_err() {
                         break;
                     }
                 }
-                LoadState::Loading(pending) => {
-                    let snap = self.current();
-                    let untouched = needs(&snap).is_some_and(|needs| {
-                        needs.iter().all(|n| {
-                            !pending.contains(n)
-                                && !unprocessed.covers(&format!("{n}.py"))
-                                && !unprocessed.covers(&package_key(n))
-                        }) && unprocessed.only_known(|n| snap.knows(n))
-                    });
-                    if untouched {
-                        if !unprocessed.is_nothing() {
-                            // Taken by the next reload, which the background task starts.
-                            self.dirty.store(true, Ordering::Release);
-                            if let Some(wake) = &self.wake {
-                                let _ = wake.try_send(());
-                            }
-                        }
-                        return snap;
-                    }
-                    break;
-                }
+                LoadState::Idle | LoadState::Loading(_) => break,
             }
         }
         self.sync_with(&[], Changes::Nothing).await
     }
 
+    /// Whether `snap` answers exactly as a reload would for a request needing the modules (and
+    /// packages) `needs`: none of them is among the changes not yet taken (`unprocessed`),
+    /// among those the reload under way took (`now`: scanning) or among the modules it loads
+    /// (`now`: loading), and no change names a file `snap` does not have (a new file could
+    /// take over the API). When the queue cannot tell (it overflowed, a folder was replaced),
+    /// the disk decides: the folders list the same files and each needed file holds the bytes
+    /// that were loaded ([`Snapshot::needs_current`], the check used without inotify). Either
+    /// way a change to a needed file completed before the request was sent is seen, so the
+    /// request waits for it; nothing stale is served.
+    fn untouched(
+        snap: &Snapshot,
+        needs: &[String],
+        unprocessed: &Changes,
+        now: &LoadState,
+    ) -> bool {
+        let clear = |changes: &Changes| {
+            needs
+                .iter()
+                .all(|n| !changes.covers(&format!("{n}.py")) && !changes.covers(&package_key(n)))
+                && changes.only_known(|n| snap.knows(n))
+        };
+        let by_queue = clear(unprocessed)
+            && match now {
+                LoadState::Idle => true,
+                LoadState::Scanning(taken) => clear(taken),
+                LoadState::Loading(pending) => needs.iter().all(|n| !pending.contains(n)),
+            };
+        by_queue || snap.needs_current(needs)
+    }
+
     /// Drains the queue (or, without one, checks the folders) into `unprocessed`; returns a
     /// copy of everything no reload has taken yet.
-    fn drain_into_unprocessed(&self, snap: &Snapshot) -> Changes {
+    fn drain_into_unprocessed(&self) -> Changes {
         let mut guard = match self.unprocessed.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         match &self.queue {
             Some(queue) => guard.merge(queue.drain()),
-            None if snap.dirs_current() => {}
+            None if self.current().dirs_current() => {}
             None => guard.merge(Changes::Everything),
         }
         guard.clone()
@@ -394,6 +459,8 @@ impl Registry {
         if self.queue.is_none() {
             changes = Changes::Everything;
         }
+        self.load_state
+            .send_replace(LoadState::Scanning(Arc::new(changes.clone())));
         let old = self.current();
         let old_links: Vec<PathBuf> = old.dirs.iter().flat_map(DirState::links).collect();
         if let (Some(queue), Changes::Everything) = (&self.queue, &changes) {
@@ -528,13 +595,23 @@ impl Registry {
         // What changed, by file.
         let old_files: HashMap<&str, &TrackedFile> =
             old.files.iter().map(|f| (f.stem.as_str(), f)).collect();
+        let failed = old_modules_failed(&old);
         let mut files: Vec<TrackedFile> = Vec::new();
         let mut changed: HashSet<String> = HashSet::new();
-        for (stem, path) in &listing {
+        for (i, (stem, path)) in listing.iter().enumerate() {
+            // One thread serves this worker's requests: let them in between the reads.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             let kept = old_files.get(stem.as_str()).filter(|f| {
                 &f.path == path
                     && !force.contains(stem)
-                    && (!changes.covers(&format!("{stem}.py")) || f.state.is_current(path))
+                    && (!changes.covers(&format!("{stem}.py"))
+                        || if failed.contains(stem.as_str()) {
+                            f.state.is_untouched(path)
+                        } else {
+                            f.state.is_current(path)
+                        })
             });
             match kept {
                 Some(f) => files.push((*f).clone()),
@@ -580,8 +657,7 @@ impl Registry {
                 .any(|p| !old_packages.contains_key(p.name.as_str()));
         if appeared && !old.files.is_empty() {
             for f in &files {
-                let failed = old_modules_failed(&old, &f.stem);
-                if failed {
+                if failed.contains(f.stem.as_str()) {
                     affected.insert(f.stem.clone());
                 }
             }
@@ -644,7 +720,10 @@ impl Registry {
             .map(|m| (m.name.as_str(), m))
             .collect();
         let mut modules: Vec<Arc<Module>> = Vec::new();
-        for f in &files {
+        for (i, f) in files.iter().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             match loaded.remove(&f.stem) {
                 None => {
                     if let Some(m) = old_modules.get(f.stem.as_str()) {
@@ -701,12 +780,12 @@ impl Registry {
             }
         }
         let reloaded = requests.len();
-        let snap = Arc::new(Snapshot {
-            table: RouteTable::build(modules, problems),
+        let snap = Arc::new(Snapshot::new(
+            RouteTable::build(modules, problems),
             dirs,
             files,
             packages,
-        });
+        ));
         if reloaded > 0 || !removed.is_empty() {
             tracing::info!(
                 reloaded,
@@ -721,12 +800,17 @@ impl Registry {
     }
 }
 
+/// A reload gives way to requests (it runs on the thread that serves them) after checking or
+/// building this many files.
+const YIELD_EVERY: usize = 128;
+
 /// What the reload under way is doing, for requests deciding whether to wait for it.
 #[derive(Debug, Clone)]
 pub enum LoadState {
     Idle,
-    /// Looking at the folders: what it will load is not known yet.
-    Scanning,
+    /// Looking at the folders: what it will load is not known yet; what it checks (the
+    /// changes it took; everything until it has taken them).
+    Scanning(Arc<Changes>),
     /// Importing: the modules (and packages) being loaded or dropped.
     Loading(Arc<HashSet<String>>),
 }
@@ -736,7 +820,7 @@ struct LoadStateGuard<'a>(&'a tokio::sync::watch::Sender<LoadState>);
 
 impl<'a> LoadStateGuard<'a> {
     fn scanning(state: &'a tokio::sync::watch::Sender<LoadState>) -> Self {
-        state.send_replace(LoadState::Scanning);
+        state.send_replace(LoadState::Scanning(Arc::new(Changes::Everything)));
         LoadStateGuard(state)
     }
 }
@@ -747,18 +831,21 @@ impl Drop for LoadStateGuard<'_> {
     }
 }
 
-/// Whether `stem`'s module did not import in `snap` (a broken module or an import error).
-fn old_modules_failed(snap: &Snapshot, stem: &str) -> bool {
-    let broken = snap
-        .table
+/// The modules that did not import in `snap` (broken modules and import errors), by stem.
+fn old_modules_failed(snap: &Snapshot) -> HashSet<&str> {
+    snap.table
         .modules()
         .iter()
-        .any(|m| m.name == stem && m.import_error.is_some());
-    broken
-        || snap
-            .table
-            .problem(&format!("{stem}.py"))
-            .is_some_and(|p| p.status == "error")
+        .filter(|m| m.import_error.is_some())
+        .map(|m| m.name.as_str())
+        .chain(
+            snap.table
+                .problems()
+                .iter()
+                .filter(|p| p.status == "error")
+                .filter_map(|p| p.key.strip_suffix(".py")),
+        )
+        .collect()
 }
 
 /// The last description of each module that imported, shared by the workers of one supervisor.

@@ -71,7 +71,9 @@ impl Fingerprint {
 /// A file as last loaded: its fingerprint and exact bytes.
 #[derive(Debug)]
 pub struct FileState {
-    fingerprint: Fingerprint,
+    /// What `stat` said when the content was last known to match `source`: a rewrite with
+    /// the same bytes (rename, `touch`) moves it on without a reload.
+    fingerprint: std::sync::Mutex<Fingerprint>,
     pub source: Arc<Vec<u8>>,
     /// When the content was last known to match `source` (ns since the epoch).
     verified_ns: AtomicI64,
@@ -85,26 +87,56 @@ impl FileState {
         let fingerprint = Fingerprint::of(path)?;
         let source = std::fs::read(path)?;
         Ok(FileState {
-            fingerprint,
+            fingerprint: std::sync::Mutex::new(fingerprint),
             source: Arc::new(source),
             verified_ns: AtomicI64::new(verified),
         })
     }
 
-    /// Whether `path` still holds exactly what was loaded.
+    fn fingerprint(&self) -> Fingerprint {
+        match self.fingerprint.lock() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Whether `path` still holds exactly the bytes that were loaded. A new fingerprint with
+    /// the same bytes (the file rewritten by rename with the same content, or touched) is
+    /// current: the code is the same (SPEC §2: re-imported only when the file changed).
     pub fn is_current(&self, path: &Path) -> bool {
+        self.check(path, true)
+    }
+
+    /// Whether `path` is the file that was loaded, untouched: a new fingerprint counts as a
+    /// change even with the same bytes (a module that did not import is retried on `touch`).
+    pub fn is_untouched(&self, path: &Path) -> bool {
+        self.check(path, false)
+    }
+
+    fn check(&self, path: &Path, same_bytes_will_do: bool) -> bool {
+        let now = now_ns();
         let Ok(fp) = Fingerprint::of(path) else {
             return false;
         };
-        if fp != self.fingerprint {
+        let known = self.fingerprint();
+        if fp != known && !same_bytes_will_do {
             return false;
         }
-        if fp.changed_ns() < self.verified_ns.load(Ordering::Acquire) - RACY_WINDOW_NS {
+        if fp == known
+            && fp.changed_ns() < self.verified_ns.load(Ordering::Acquire) - RACY_WINDOW_NS
+        {
             return true;
         }
-        let now = now_ns();
+        // Racily clean or rewritten: the bytes decide. `fp` was taken before the read, so a
+        // write during the read changes the fingerprint again and is seen by the next check.
         match std::fs::read(path) {
             Ok(bytes) if bytes == *self.source => {
+                if fp != known {
+                    match self.fingerprint.lock() {
+                        Ok(mut g) => *g = fp,
+                        Err(poisoned) => *poisoned.into_inner() = fp,
+                    }
+                }
                 self.verified_ns.store(now, Ordering::Release);
                 true
             }
@@ -117,7 +149,9 @@ impl FileState {
 #[derive(Debug)]
 pub struct DirState {
     pub path: PathBuf,
-    fingerprint: Option<Fingerprint>,
+    /// Moves on when the folder changes but lists the same plugin files (files rewritten by
+    /// rename); never to another folder (device and inode).
+    fingerprint: std::sync::Mutex<Option<Fingerprint>>,
     names: Vec<String>,
     /// The plugin files that are symlinks (their targets are watched too).
     links: Vec<String>,
@@ -138,7 +172,7 @@ impl DirState {
         } = list_plugins(path);
         DirState {
             path: path.to_path_buf(),
-            fingerprint,
+            fingerprint: std::sync::Mutex::new(fingerprint),
             names,
             links,
             packages,
@@ -159,31 +193,49 @@ impl DirState {
         self.links.iter().map(|n| self.path.join(n))
     }
 
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        match self.fingerprint.lock() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
     /// Whether the folder was there at the scan.
     pub fn exists(&self) -> bool {
-        self.fingerprint.is_some()
+        self.fingerprint().is_some()
     }
 
     /// Which folder the path named at the scan (device and inode).
     pub fn identity(&self) -> Option<(u64, u64)> {
-        self.fingerprint.map(|f| (f.dev, f.ino))
+        self.fingerprint().map(|f| (f.dev, f.ino))
     }
 
-    /// Whether the folder still lists the same plugin files.
+    /// Whether the folder is the one scanned and still lists the same plugin files, symlinks
+    /// and packages.
     pub fn is_current(&self) -> bool {
+        let now = now_ns();
         let fp = Fingerprint::of(&self.path).ok();
-        if fp != self.fingerprint {
+        let known = self.fingerprint();
+        if fp.map(|f| (f.dev, f.ino)) != known.map(|f| (f.dev, f.ino)) {
             return false;
         }
-        let trusted = fp.is_some_and(|fp| {
-            fp.changed_ns() < self.verified_ns.load(Ordering::Acquire) - RACY_WINDOW_NS
-        });
+        let trusted = fp == known
+            && fp.is_some_and(|fp| {
+                fp.changed_ns() < self.verified_ns.load(Ordering::Acquire) - RACY_WINDOW_NS
+            });
         if trusted {
             return true;
         }
-        let now = now_ns();
+        // Changed (or racily clean): the listing decides. `fp` was taken before it.
         let now_listed = list_plugins(&self.path);
-        if now_listed.names == self.names && now_listed.packages == self.packages {
+        if now_listed.names == self.names
+            && now_listed.packages == self.packages
+            && now_listed.links == self.links
+        {
+            match self.fingerprint.lock() {
+                Ok(mut g) => *g = fp,
+                Err(poisoned) => *poisoned.into_inner() = fp,
+            }
             self.verified_ns.store(now, Ordering::Release);
             return true;
         }
