@@ -390,3 +390,22 @@ def test_reload_frees_the_old_module(start_server, site):
     grown_mib = (last["rss_kib"] - first["rss_kib"]) / 1024
     print(f"reload memory: RSS grew {grown_mib:.1f} MiB over 30 reloads")
     assert grown_mib < 3 * 20, f"RSS grew {grown_mib:.0f} MiB over 30 reloads of a 20 MiB module"
+
+
+def test_an_idle_server_does_not_rescan_in_a_loop(start_server, site):
+    """The background watcher counted its own scans' directory opens as changes, so every scan
+    started the next: an idle worker burned a few % of a core and slowed every request."""
+    import time
+
+    api = api_name("idle")
+    plugins = site / "plugins"
+    plugins.mkdir()
+    (plugins / "svc.py").write_text(plugin(api, "one"))
+    server = start_server(env={"DPMS_WORKERS": "1", "DPMS_LOG": "info,dpms::plugins=debug"}, plugin_dirs=[plugins])
+    assert ok(server.get(f"{api}/")) == "one"
+    write_atomic(plugins / "svc.py", plugin(api, "two"))  # one real change: one or two scans
+    assert ok(server.get(f"{api}/")) == "two"
+    before = full_log(server).count("checking the plugin folders")
+    time.sleep(2)  # idle: nothing may happen (not a timing assertion: a count of events)
+    after = full_log(server).count("checking the plugin folders")
+    assert after - before <= 1, f"{after - before} scans while idle"

@@ -72,6 +72,9 @@ _to_json = json.JSONEncoder(default=repr).encode
 _os_path = _frozen(os.path)
 _open = open
 _gc_collect = gc.collect
+_gc_freeze = gc.freeze
+#: Whether the objects of the first load were moved out of the collector's sight.
+_frozen_start = False
 
 #: Rust callbacks (``log(stream, line)``), set by :func:`setup`.
 _native = None
@@ -424,7 +427,8 @@ def load_batch(requests):
         # the versions earlier reloads replaced wait for the cyclic GC, which may not run for a
         # long while: a module with a large global then costs one copy per save. The version
         # replaced now is still in use by the route table until the new one is published; it
-        # is collected at the next reload.
+        # is collected at the next reload. The collection looks only at what was made since
+        # the first load (see below), so it costs little however many modules there are.
         _gc_collect()
     _batch = {}
     results = []
@@ -433,6 +437,13 @@ def load_batch(requests):
             results.append(_load_one(name, path, source, previous))
     finally:
         _batch = None
+    global _frozen_start
+    if not _frozen_start:
+        # The interpreter, dpms and the first version of every plugin live for good (a
+        # first version replaced later stays: one copy at most); freezing them keeps every
+        # later collection, ours and Python's own, from walking them again.
+        _frozen_start = True
+        _gc_freeze()
     return results
 
 

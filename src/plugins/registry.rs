@@ -443,6 +443,7 @@ impl Registry {
     /// exactly once, by the caller of the sync that then checks it), new files and `force`.
     async fn sync_with(&self, force: &[String], mut changes: Changes) -> Arc<Snapshot> {
         let _guard = self.reload_lock.lock().await;
+        tracing::debug!("checking the plugin folders");
         let _state = LoadStateGuard::scanning(&self.load_state);
         self.dirty.store(false, Ordering::Release);
         // What is queued now is covered by the scan below; what comes later stays queued.

@@ -662,8 +662,8 @@ pub struct FolderWatcher {
 }
 
 impl FolderWatcher {
-    /// Watches what `plan` names (not recursively). On an event for a plugin file or for a
-    /// path the folders are reached through, `dirty` is set and `wake` is poked.
+    /// Watches the folders `plan` names (not recursively; not their ancestors). On an event for
+    /// a plugin file or a symlinked plugin's target, `dirty` is set and `wake` is poked.
     pub fn start(
         plan: &WatchPlan,
         dirty: Arc<AtomicBool>,
@@ -673,6 +673,9 @@ impl FolderWatcher {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let relevant = match &event {
+                    // Opening and reading (dpms's own scans and reads among them) change
+                    // nothing; counting them made every scan start the next.
+                    Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => false,
                     Ok(e) => {
                         e.paths.is_empty()
                             || e.paths.iter().any(|p| {
@@ -688,7 +691,14 @@ impl FolderWatcher {
             })?;
         let mut watching = 0;
         let mut first_error = None;
-        for (path, _) in &plan.paths {
+        // Not the ancestors: every write to any file in them (a log in the same temp folder)
+        // would wake this thread. A folder replaced under its name is found by the request
+        // path's checks; this watcher only makes most edits load before a request asks.
+        let watched = plan
+            .paths
+            .iter()
+            .filter(|(_, i)| i.folder || !i.targets.is_empty() || i.package.is_some());
+        for (path, _) in watched {
             match watcher.watch(path, RecursiveMode::NonRecursive) {
                 Ok(()) => watching += 1,
                 Err(e) => {
