@@ -198,6 +198,16 @@ class Server:
                 out.append(f"--- {name} ---\n" + p.read_text("utf-8", "replace")[-6000:])
         return "\n".join(out)
 
+    def full_log(self) -> str:
+        """All the server has logged so far (``log()`` keeps only the tail)."""
+        if not self.workdir:
+            return ""
+        return "\n".join(
+            (self.workdir / name).read_text("utf-8", "replace")
+            for name in ("stdout.log", "stderr.log")
+            if (self.workdir / name).exists()
+        )
+
     def stop(self) -> None:
         proc = self.proc
         if proc is None:
@@ -422,3 +432,23 @@ class Probe:
 
     def echo(self, method="POST", path="", **kw):
         return ok(self.call(method, "echo", path, **kw), f"{self.mod}.{self.echo_func}")
+
+
+#: A plugin whose import announces itself (``<gate>.waiting``), waits until the test creates
+#: ``$gate`` (bounded: ``$tries`` x 25 ms), then marks ``<gate>.done``: a slow import the test
+#: controls with events.
+GATED_IMPORT = """
+import os, time
+from vyperlogix.decorators import expose
+_gate = "$gate"
+open(_gate + ".waiting", "w").close()
+for _ in range($tries):
+    if os.path.exists(_gate):
+        break
+    time.sleep(0.025)
+open(_gate + ".done", "w").close()
+
+@expose.endpoint(method="GET", API="$api")
+def slow():
+    return "$version"
+"""

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from dpms_helpers import api_name, error, ok, source, write_atomic, wait_for
+from dpms_helpers import GATED_IMPORT, api_name, error, ok, source, write_atomic, wait_for
 
 ASKS = 6  # requests per check: with two workers, both answer at least once in practice
 
@@ -36,14 +36,6 @@ def plugin(api, version):
 def served(server, api, expected):
     for _ in range(ASKS):
         assert ok(server.get(f"{api}/")) == expected
-
-
-def full_log(server) -> str:
-    return "\n".join(
-        (server.workdir / name).read_text("utf-8", "replace")
-        for name in ("stdout.log", "stderr.log")
-        if (server.workdir / name).exists()
-    )
 
 
 @pytest.fixture
@@ -85,7 +77,7 @@ def test_folder_deleted_and_recreated(start_server, site, watch):
     served(server, api, "three")
     (plugins / "svc.py").write_text(plugin(api, "four"))
     served(server, api, "four")
-    log = full_log(server)
+    log = server.full_log()
     assert "plugin folder vanished" in log, log[-3000:]
     assert "plugin folder is back" in log, log[-3000:]
 
@@ -259,7 +251,7 @@ def test_helper_recreated_while_its_importer_reloads(start_server, site, tmp_pat
     assert ok(server.get(f"{api}/")) == {"calc": "v2", "result": 30, "helper": "second"}
     write_atomic(helper, "NAME = 'third'\n\ndef times(x):\n    return x * 100\n")
     assert ok(server.get(f"{api}/")) == {"calc": "v2", "result": 300, "helper": "third"}
-    assert "already imported" not in full_log(server)
+    assert "already imported" not in server.full_log()
 
 
 PKG_USER = """
@@ -299,21 +291,6 @@ def test_package_in_plugin_folder_reimported_after_edit(start_server, site, watc
     served(server, api, {"version": 2, "shout": "HI MORE"})
 
 
-SLOW = """
-import os, time
-from vyperlogix.decorators import expose
-_gate = "$gate"
-open(_gate + ".waiting", "w").close()
-for _ in range(800):  # bounded: 20 s
-    if os.path.exists(_gate):
-        break
-    time.sleep(0.025)
-open(_gate + ".done", "w").close()
-
-@expose.endpoint(method="GET", API="$api")
-def slow():
-    return "$version"
-"""
 
 
 def test_slow_import_delays_only_its_own_requests(start_server, site, tmp_path):
@@ -326,13 +303,13 @@ def test_slow_import_delays_only_its_own_requests(start_server, site, tmp_path):
     plugins.mkdir()
     first_gate = tmp_path / "gate-first"
     first_gate.write_text("open")
-    (plugins / "slowmod.py").write_text(source(SLOW, gate=first_gate, api=slow_api, version="v1"))
+    (plugins / "slowmod.py").write_text(source(GATED_IMPORT, tries=800, gate=first_gate, api=slow_api, version="v1"))
     (plugins / "fastmod.py").write_text(plugin(fast_api, "fast"))
     server = start_server(env={"DPMS_WORKERS": "1", "DPMS_LOAD_SECS": "60"}, plugin_dirs=[plugins])
     assert ok(server.get(f"{slow_api}/")) == "v1"
 
     gate = tmp_path / "gate-second"
-    write_atomic(plugins / "slowmod.py", source(SLOW, gate=gate, api=slow_api, version="v2"))
+    write_atomic(plugins / "slowmod.py", source(GATED_IMPORT, tries=800, gate=gate, api=slow_api, version="v2"))
     wait_for(lambda: pathlib.Path(f"{gate}.waiting").exists(), what="the slow import to start")
 
     waiting = {}
@@ -405,7 +382,7 @@ def test_an_idle_server_does_not_rescan_in_a_loop(start_server, site):
     assert ok(server.get(f"{api}/")) == "one"
     write_atomic(plugins / "svc.py", plugin(api, "two"))  # one real change: one or two scans
     assert ok(server.get(f"{api}/")) == "two"
-    before = full_log(server).count("checking the plugin folders")
+    before = server.full_log().count("checking the plugin folders")
     time.sleep(2)  # idle: nothing may happen (not a timing assertion: a count of events)
-    after = full_log(server).count("checking the plugin folders")
+    after = server.full_log().count("checking the plugin folders")
     assert after - before <= 1, f"{after - before} scans while idle"

@@ -14,7 +14,7 @@ import pathlib
 import threading
 import uuid
 
-from dpms_helpers import api_name, ok, source, wait_for, write_atomic
+from dpms_helpers import GATED_IMPORT, api_name, ok, source, wait_for, write_atomic
 
 ENDPOINT = """
 from vyperlogix.decorators import expose
@@ -24,21 +24,6 @@ def version():
     return "$version"
 """
 
-SLOW = """
-import os, time
-from vyperlogix.decorators import expose
-_gate = "$gate"
-open(_gate + ".waiting", "w").close()
-for _ in range(2400):  # bounded: 60 s
-    if os.path.exists(_gate):
-        break
-    time.sleep(0.025)
-open(_gate + ".done", "w").close()
-
-@expose.endpoint(method="GET", API="$api")
-def slow():
-    return "$version"
-"""
 
 COUNTER = """
 from vyperlogix.decorators import expose
@@ -95,7 +80,7 @@ def test_unrelated_request_served_while_a_mass_rewrite_reloads(start_server, tmp
     (other / "ping.py").write_text(source(ENDPOINT, api=ping_api, version="pong"))
     opened = tmp_path / "gate-open"
     opened.write_text("open")
-    (mass / "slowmass.py").write_text(source(SLOW, gate=opened, api=slow_api, version="v1"))
+    (mass / "slowmass.py").write_text(source(GATED_IMPORT, tries=2400, gate=opened, api=slow_api, version="v1"))
     for i, api in enumerate(apis):
         (mass / f"m{i:04d}.py").write_text(source(ENDPOINT, api=api, version="v1"))
     server = start_server(
@@ -105,7 +90,7 @@ def test_unrelated_request_served_while_a_mass_rewrite_reloads(start_server, tmp
     assert ok(server.get(f"{apis[5]}/")) == "v1"
 
     gate = tmp_path / "gate"
-    write_atomic(mass / "slowmass.py", source(SLOW, gate=gate, api=slow_api, version="v2"))
+    write_atomic(mass / "slowmass.py", source(GATED_IMPORT, tries=2400, gate=gate, api=slow_api, version="v2"))
     wait_for(lambda: pathlib.Path(f"{gate}.waiting").exists(), what="the slow import to start")
 
     # The mass change, then more events than the queue holds (each file touched again and

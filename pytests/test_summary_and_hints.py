@@ -15,14 +15,6 @@ def f():
 """
 
 
-def full_log(server) -> str:
-    return "\n".join(
-        (server.workdir / name).read_text("utf-8", "replace")
-        for name in ("stdout.log", "stderr.log")
-        if (server.workdir / name).exists()
-    )
-
-
 def test_summary_and_import_errors_logged_once_not_per_worker(start_server, tmp_path):
     tag = uuid.uuid4().hex[:8]
     plugins = tmp_path / "plugins"
@@ -43,7 +35,7 @@ def test_summary_and_import_errors_logged_once_not_per_worker(start_server, tmp_
         return len(seen) == 3
 
     wait_for(all_workers, what="all three workers to answer")
-    log = full_log(server)
+    log = server.full_log()
     assert log.count("plugins ready") == 1, log[-4000:]
     assert log.count(f"no_such_module_{tag}") >= 1
     assert log.count("plugin does not import") == 1, log[-4000:]
@@ -52,8 +44,8 @@ def test_summary_and_import_errors_logged_once_not_per_worker(start_server, tmp_
     write_atomic(plugins / "badmod.py", source(BROKEN, tag=tag + "x", api=bad))
     for _ in range(6):
         error(server.get(f"{bad}/"), 404, "api_undefined", extra=("hint",))
-    wait_for(lambda: f"no_such_module_{tag}x" in full_log(server), what="the new error in the log")
-    assert full_log(server).count("plugin does not import") == 2
+    wait_for(lambda: f"no_such_module_{tag}x" in server.full_log(), what="the new error in the log")
+    assert server.full_log().count("plugin does not import") == 2
 
 
 def test_unknown_api_hints_at_the_plugin_that_does_not_import(server, write_plugin):

@@ -160,15 +160,19 @@ impl Snapshot {
     /// Whether the folders list the same files and each of `needs` (plugin modules and
     /// packages) holds the bytes that were loaded: a stat each, content when recent or changed.
     pub fn needs_current(&self, needs: &[String]) -> bool {
-        self.dirs_current()
-            && needs.iter().all(|n| match self.file(n) {
-                Some(f) => f.state.is_current(&f.path),
-                None => self
-                    .packages
-                    .iter()
-                    .find(|p| &p.name == n)
-                    .is_some_and(TrackedPackage::is_current),
-            })
+        self.dirs_current() && needs.iter().all(|n| self.dep_current(n))
+    }
+
+    /// Whether the plugin module or package `name` holds what was loaded (false if unknown).
+    fn dep_current(&self, name: &str) -> bool {
+        match self.file(name) {
+            Some(f) => f.state.is_current(&f.path),
+            None => self
+                .packages
+                .iter()
+                .find(|p| p.name == name)
+                .is_some_and(TrackedPackage::is_current),
+        }
     }
 
     /// Whether `module` and the plugin modules it imported are as loaded.
@@ -176,14 +180,7 @@ impl Snapshot {
         if !module.file.is_current(&module.path) {
             return false;
         }
-        module.deps.iter().all(|dep| match self.file(dep) {
-            Some(f) => f.state.is_current(&f.path),
-            None => self
-                .packages
-                .iter()
-                .find(|p| &p.name == dep)
-                .is_some_and(TrackedPackage::is_current),
-        })
+        module.deps.iter().all(|dep| self.dep_current(dep))
     }
 }
 
