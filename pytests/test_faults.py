@@ -286,6 +286,23 @@ def test_an_endpoint_slow_while_inline_is_not_inline_again(start_server, plugin_
     assert schedule_of(srv, "sometimes") == "pool"
 
 
+def test_one_slow_inline_call_is_forgiven_after_fast_pool_calls(start_server, plugin_folder):
+    """A single slow inline call (on a busy machine: preemption, a GIL hand-off) must not pin a
+    fast endpoint to the pool for good: before the fix hello-world under load ended on the pool
+    (+15 % CPU per request). It earns inline back after its probation of fast pool calls."""
+    (plugin_folder / "sometimes.py").write_text(source(SOMETIMES_SLOW))
+    srv = one_worker(start_server, plugin_folder, MAX_FUNCTION_SECS="30")
+    promote(srv, "sometimes", "fast")
+    assert ok(srv.get("sometimes/", params={"mode": "slow"})) == "slow"
+    assert schedule_of(srv, "sometimes") == "pool"
+    for _ in range(10):  # bounded: probation is 256 calls, a busy machine may restart it
+        for _ in range(300):
+            assert ok(srv.get("sometimes/")) == "fast"
+        if schedule_of(srv, "sometimes") == "inline":
+            return
+    raise AssertionError(f"never inline again after one slow call: {srv.dir()}")
+
+
 def test_a_reload_lets_the_endpoint_earn_inline_again(start_server, plugin_folder):
     path = plugin_folder / "sometimes.py"
     path.write_text(source(SOMETIMES_SLOW))
