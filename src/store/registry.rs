@@ -7,7 +7,7 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, Transaction};
 use uuid::Uuid;
@@ -25,6 +25,8 @@ const SCHEMA_VERSION: i64 = 1;
 /// How long a process waits for another's write lock. Writes are a few ms (one fsync'd
 /// commit), so only a stuck process or a burst of hundreds waits this long.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts to open a registry another process is setting up.
+const OPEN_RETRY: Duration = Duration::from_millis(20);
 
 /// Schema version 1. `seq` keeps creation order (AUTOINCREMENT: never reused, not renumbered by
 /// VACUUM); secrets go with their tenant (`ON DELETE CASCADE`, foreign keys on per connection).
@@ -82,54 +84,30 @@ impl Registry {
             .open(&path)
             .map_err(|e| unavailable(format!("cannot open `{}`: {e}", path.display())))?;
         let generation = Generation::open(&dir.join(GEN_FILE_NAME))?;
-        let why = |e: rusqlite::Error| unavailable(format!("`{}`: {e}", path.display()));
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(why)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(why)?;
-        // Reading the header first: a file that is not a database fails here, before any
-        // pragma that writes.
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(why)?;
-        if version > SCHEMA_VERSION {
-            return Err(unavailable(format!(
-                "`{}` has schema version {version}; this dpms knows up to {SCHEMA_VERSION}",
-                path.display()
-            )));
-        }
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(why)?;
-        if check != "ok" {
-            return Err(unavailable(format!(
-                "`{}` is corrupt: {check}",
-                path.display()
-            )));
-        }
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(why)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(unavailable(format!(
-                "`{}`: cannot use WAL (journal mode `{mode}`)",
-                path.display()
-            )));
-        }
-        // FULL: a commit is on disk (the WAL fsync'd) before it is acknowledged (SPEC §7).
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(why)?;
+        // Busy handlers do not cover every lock SQLite meets while a file is being set up by
+        // several processes at once (the switch to WAL, the first schema): such an attempt
+        // fails at once with SQLITE_BUSY, so it is retried, within the busy timeout.
+        let started = Instant::now();
+        let conn = loop {
+            match connect(&path) {
+                Ok(conn) => break conn,
+                Err(Attempt::Busy(e)) if started.elapsed() < BUSY_TIMEOUT => {
+                    tracing::debug!(cause = %e, "registry busy while opening; retrying");
+                    std::thread::sleep(OPEN_RETRY);
+                }
+                Err(Attempt::Busy(e)) => {
+                    return Err(unavailable(format!("`{}`: {e}", path.display())))
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        };
         let registry = Registry {
             conn: Mutex::new(conn),
             generation,
             path,
         };
-        if version < SCHEMA_VERSION {
-            registry.migrate()?;
-        }
-        // A process killed between a commit and its bump: make everyone re-read once.
+        // A process killed between a commit and its bump, or a schema just made: make every
+        // process re-read once.
         registry.generation.bump();
         Ok(registry)
     }
@@ -137,19 +115,6 @@ impl Registry {
     /// The database file (for log lines).
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Brings the schema to [`SCHEMA_VERSION`]; another process may be doing the same, so the
-    /// version is read again under the write lock.
-    fn migrate(&self) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            if version < 1 {
-                tx.execute_batch(SCHEMA_V1)?;
-                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-            }
-            Ok(())
-        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -346,6 +311,81 @@ impl Registry {
     }
 }
 
+/// Why one attempt to open the registry failed.
+enum Attempt {
+    /// Another process holds a lock SQLite would not wait for: try again.
+    Busy(rusqlite::Error),
+    Failed(StoreError),
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// One attempt to open `path`: checks it is a sound registry of a schema we know, then sets
+/// WAL, `synchronous=FULL` and foreign keys, and makes the schema when absent. Nothing is
+/// written to a file that is not a sound registry.
+fn connect(path: &Path) -> Result<Connection, Attempt> {
+    let why = |e: rusqlite::Error| {
+        if is_busy(&e) {
+            Attempt::Busy(e)
+        } else {
+            Attempt::Failed(unavailable(format!("`{}`: {e}", path.display())))
+        }
+    };
+    let failed = |m: String| Attempt::Failed(unavailable(format!("`{}` {m}", path.display())));
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(why)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(why)?;
+    // Reading the header first: a file that is not a database fails here, before any pragma
+    // that writes.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(why)?;
+    if version > SCHEMA_VERSION {
+        return Err(failed(format!(
+            "has schema version {version}; this dpms knows up to {SCHEMA_VERSION}"
+        )));
+    }
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(why)?;
+    if check != "ok" {
+        return Err(failed(format!("is corrupt: {check}")));
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(why)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(failed(format!("cannot use WAL (journal mode `{mode}`)")));
+    }
+    // FULL: a commit is on disk (the WAL fsync'd) before it is acknowledged (SPEC §7).
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(why)?;
+    if version < SCHEMA_VERSION {
+        // Another process may be doing the same: the version is read again under the lock.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(why)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(why)?;
+        if version < 1 {
+            tx.execute_batch(SCHEMA_V1).map_err(why)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .map_err(why)?;
+        }
+        tx.commit().map_err(why)?;
+    }
+    Ok(conn)
+}
+
 /// A row as a tenant; a uuid that does not parse means the file was changed behind our back.
 fn row_to_tenant(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Tenant, StoreError>> {
     let uuid: String = r.get(0)?;
@@ -465,6 +505,12 @@ mod tests {
         let g = reg.generation();
         other.set_enabled(a.uuid, true).unwrap();
         assert!(reg.generation() > g);
+    }
+
+    #[test]
+    fn a_registry_is_shared_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Registry>();
     }
 
     #[test]
