@@ -148,6 +148,11 @@ pub const SETTINGS: &[Setting] = &[
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.",
     },
     Setting {
+        name: "DPMS_DATA_DIR",
+        default: ".dpms",
+        doc: "Folder of the tenant registry (`registry.sqlite3`), relative to the working folder unless absolute; created mode 0700.",
+    },
+    Setting {
         name: "DPMS_LOG",
         default: "info",
         doc: "Log filter (tracing `EnvFilter` syntax, e.g. `info`, `dpms=debug`); logs go to stderr.",
@@ -211,6 +216,9 @@ pub struct Config {
     /// A folder shared by the workers of one supervisor (not a user setting: the supervisor
     /// sets it); see `plugins::registry` for what is kept there.
     pub state_dir: Option<PathBuf>,
+    /// `DPMS_DATA_DIR`: the folder of the tenant registry (`store`), created mode 0700 when
+    /// the registry is first opened.
+    pub data_dir: PathBuf,
     /// `.env` entries that are not dpms settings, put into the admin interpreter's
     /// `os.environ` before the first plugin import (absent from the process environment).
     pub extra_env: Vec<(String, String)>,
@@ -367,6 +375,23 @@ impl Sources {
         }
     }
 
+    /// `ADMIN_ID`, checked. Read on its own too by `dpms tenant`, which needs no plugin folder.
+    pub fn admin_id(&self) -> Result<Option<Uuid>, ConfigError> {
+        match self.get("ADMIN_ID") {
+            None => Ok(None),
+            Some(v) => Uuid::parse_str(&v)
+                .map(Some)
+                .map_err(|_| invalid("ADMIN_ID", &v, "expected a UUID")),
+        }
+    }
+
+    /// `DPMS_DATA_DIR`, relative to `workdir` unless absolute. Read on its own too by
+    /// `dpms tenant`, which needs no plugin folder.
+    pub fn data_dir(&self, workdir: &Path) -> PathBuf {
+        let dir = self.get("DPMS_DATA_DIR").unwrap_or_else(|| ".dpms".into());
+        workdir.join(dir)
+    }
+
     /// Checks every setting and builds the [`Config`].
     pub fn config(&self, workdir: &Path) -> Result<Config, ConfigError> {
         let host_raw = self.get("DPMS_HOST").unwrap_or_else(|| "127.0.0.1".into());
@@ -466,12 +491,7 @@ impl Sources {
         let max_uri = self.count("DPMS_MAX_URI", 8192, 256..=1024 * 1024)?;
         let max_headers = self.count("DPMS_MAX_HEADERS", 65536, 256..=1024 * 1024)?;
         let max_function_time = self.seconds("MAX_FUNCTION_SECS", 30.0, 86_400.0)?;
-        let admin_id = match self.get("ADMIN_ID") {
-            None => None,
-            Some(v) => {
-                Some(Uuid::parse_str(&v).map_err(|_| invalid("ADMIN_ID", &v, "expected a UUID"))?)
-            }
-        };
+        let admin_id = self.admin_id()?;
         let venv = self
             .get("DPMS_VENV")
             .or_else(|| self.get("VIRTUAL_ENV"))
@@ -536,6 +556,7 @@ impl Sources {
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
             state_dir: None,
+            data_dir: self.data_dir(workdir),
             extra_env,
         })
     }

@@ -6,6 +6,8 @@
 //! - [`supervisor`]: `dpms serve`: the listener and the worker processes kept alive.
 //! - [`state_dir`]: the supervisor's private shared state folder, stale ones removed; which
 //!   worker logs a message shared by all.
+//! - [`store`]: the tenant registry (SQLite in `DPMS_DATA_DIR`) and its cross-process change
+//!   counter; the one place state shared between processes and restarts lives.
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
@@ -30,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod state_dir;
+pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 

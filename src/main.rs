@@ -1,6 +1,6 @@
 //! The `dpms` binary: parses the command line, sets up logging, binds the listener and hands
 //! over to the supervisor (`serve`), a worker (`worker`, started by the supervisor) or, with
-//! `--single-process`, [`dpms::run`] in this process. Nothing else lives here.
+//! `--single-process`, [`dpms::run`] in this process, or runs `dpms tenant` (`tenant_cli.rs`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -11,6 +11,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use dpms::config::{Config, Overrides, Sources};
 use dpms::supervisor::{self, Plan, WorkerEnv};
+
+mod tenant_cli;
 
 /// mimalloc for Rust's allocations (Python keeps its own allocator): see `Cargo.toml`.
 #[global_allocator]
@@ -35,6 +37,13 @@ enum Command {
     Serve(ServeArgs),
     /// Print every setting with its default, as a Markdown table.
     Settings,
+    /// Manage the tenant registry (DPMS_DATA_DIR), with or without a running server.
+    ///
+    /// Exit codes: 0 done; 2 bad input (a malformed uuid, userid or secret name, or a bad
+    /// command line); 1 not found, conflict (uuid or userid taken, uuid = ADMIN_ID) or the
+    /// registry unavailable (unreadable, corrupt, locked).
+    #[command(subcommand)]
+    Tenant(tenant_cli::TenantCommand),
     /// A worker process; started by `dpms serve`, not by hand.
     #[command(hide = true)]
     Worker(ServeArgs),
@@ -102,6 +111,7 @@ fn main() -> ExitCode {
             print!("{}", dpms::config::settings_table());
             return ExitCode::SUCCESS;
         }
+        Some(Command::Tenant(command)) => return tenant_cli::run(command),
         Some(Command::Worker(args)) => worker(&args),
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
