@@ -193,6 +193,15 @@ fn sandbox_exec(args: &SandboxExecArgs) -> Result<(), String> {
         eprintln!("sandbox-enter-us {}", started.elapsed().as_micros());
     }
     let (program, rest) = args.command.split_first().ok_or("no command")?;
+    if program == "__hold__" {
+        // Stays in this process, as the zygote's child will: a second thread (seccomp must
+        // cover it too) waits for stdin to close while the host inspects /proc.
+        println!("ready");
+        let waiter =
+            std::thread::spawn(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()));
+        let _ = waiter.join();
+        return Ok(());
+    }
     let err = std::process::Command::new(program)
         .args(rest)
         .env_clear()

@@ -266,6 +266,52 @@ fn a_spec_that_cannot_be_applied_runs_nothing() {
     }
 }
 
+/// Without an exec the process keeps the `comm` the sandbox set (the zygote's case).
+#[test]
+fn comm_is_kept_without_exec() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dpms"))
+        .args([
+            "sandbox-exec",
+            "--comm",
+            "dpms-t-1234abcd",
+            "--uid",
+            "200003",
+        ])
+        .args(["--ro", "/usr", "--", "__hold__"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let middle = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let children = read(&format!("/proc/{middle}/task/{middle}/children"));
+    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let held = Held(child, pid);
+    assert_eq!(read(&format!("/proc/{pid}/comm")).trim(), "dpms-t-1234abcd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tasks = loop {
+        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        if tasks.len() >= 2 || Instant::now() > deadline {
+            break tasks;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(tasks.len() >= 2, "{tasks:?}");
+    for tid in &tasks {
+        let status = read(&format!("/proc/{pid}/task/{tid}/status"));
+        assert_eq!(status_field(&status, "Seccomp"), "2", "thread {tid}");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "thread {tid}");
+    }
+    drop(held);
+}
+
 #[test]
 fn probe_finds_every_layer_on_this_kernel() {
     let out = Command::new(env!("CARGO_BIN_EXE_dpms"))
