@@ -19,6 +19,8 @@
 //! - [`plugins`]: plugin files and packages, loading, freshness (watches on every folder a
 //!   plugin folder is reached through + the per-request check).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
+//! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
+//!   the kernel probe for them.
 
 pub mod config;
 pub mod error;
@@ -29,6 +31,7 @@ pub mod pyhost;
 pub mod request_id;
 pub mod response;
 pub mod router;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod state_dir;

@@ -47,6 +47,42 @@ enum Command {
     /// A worker process; started by `dpms serve`, not by hand.
     #[command(hide = true)]
     Worker(ServeArgs),
+    /// Runs CMD inside every sandbox layer (the sandbox tests' entry point).
+    #[command(hide = true)]
+    SandboxExec(SandboxExecArgs),
+    /// Prints which sandbox layers this kernel supports, then the missing ones.
+    #[command(hide = true)]
+    SandboxProbe,
+}
+
+/// A [`dpms::sandbox::Spec`] from flags, for `sandbox-exec`.
+#[derive(clap::Args)]
+struct SandboxExecArgs {
+    #[arg(long, default_value_t = dpms::sandbox::TENANT_UID_BASE)]
+    uid: u32,
+    #[arg(long, default_value = "dpms-t-00000000")]
+    comm: String,
+    /// A readable tree (repeatable).
+    #[arg(long = "ro")]
+    read_only: Vec<std::path::PathBuf>,
+    #[arg(long, default_value_t = 1 << 20)]
+    scratch_bytes: u64,
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+    #[arg(long, default_value_t = 64)]
+    nofile: u64,
+    #[arg(long, default_value_t = 1 << 20)]
+    fsize_bytes: u64,
+    #[arg(long, default_value_t = 32)]
+    nproc: u64,
+    /// NAME=VALUE given to the tenant (repeatable).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Print the time `enter` took to stderr as `sandbox-enter-us N`.
+    #[arg(long)]
+    time: bool,
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args, Clone, Default)]
@@ -113,6 +149,13 @@ fn main() -> ExitCode {
         }
         Some(Command::Tenant(command)) => return tenant_cli::run(command),
         Some(Command::Worker(args)) => worker(&args),
+        Some(Command::SandboxExec(args)) => sandbox_exec(&args),
+        Some(Command::SandboxProbe) => {
+            let layers = dpms::sandbox::probe();
+            println!("{layers:?}");
+            println!("missing: {:?}", layers.missing());
+            return ExitCode::SUCCESS;
+        }
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
     };
@@ -128,6 +171,53 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Enters the sandbox (this process is still single-threaded: nothing has started a thread
+/// yet) and replaces itself with the command. Returns only on failure.
+fn sandbox_exec(args: &SandboxExecArgs) -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
+    let mut env = Vec::new();
+    for item in &args.env {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`--env {item}` is not NAME=VALUE"))?;
+        env.push((key.to_owned(), value.to_owned()));
+    }
+    let spec = dpms::sandbox::Spec {
+        host_uid: args.uid,
+        host_gid: args.uid,
+        comm: args.comm.clone(),
+        read_only: args.read_only.clone(),
+        scratch_bytes: args.scratch_bytes,
+        memory_bytes: args.memory_bytes,
+        nofile: args.nofile,
+        fsize_bytes: args.fsize_bytes,
+        nproc: args.nproc,
+        env,
+        keep_fds: vec![0, 1, 2],
+    };
+    let started = std::time::Instant::now();
+    dpms::sandbox::enter(&spec).map_err(|e| e.to_string())?;
+    if args.time {
+        eprintln!("sandbox-enter-us {}", started.elapsed().as_micros());
+    }
+    let (program, rest) = args.command.split_first().ok_or("no command")?;
+    if program == "__hold__" {
+        // Stays in this process, as the zygote's child will: a second thread (seccomp must
+        // cover it too) waits for stdin to close while the host inspects /proc.
+        println!("ready");
+        let waiter =
+            std::thread::spawn(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()));
+        let _ = waiter.join();
+        return Ok(());
+    }
+    let err = std::process::Command::new(program)
+        .args(rest)
+        .env_clear()
+        .envs(dpms::sandbox::environment(&spec))
+        .exec();
+    Err(format!("cannot run `{program}`: {err}"))
 }
 
 /// Reads and checks the settings, then starts logging.

@@ -1,0 +1,255 @@
+//! The sandbox a tenant process enters before any tenant code is imported (SPEC §11
+//! promises 2–5 and 9). [`enter`] applies every layer in a fixed order or returns the
+//! layer that failed; [`probe`] asks this kernel which layers it supports.
+//!
+//! Order inside [`enter`] (SPEC §10 "Sandbox setup" explains the traps behind it):
+//! setsid → dumpable → host uid/gid → unshare(user, pid, net, ipc, uts, mnt) + maps →
+//! fork (the caller continues as pid 1; the middle process waits and exits with the
+//! child's status) → /proc + scratch tmpfs → rlimits → capabilities dropped → fds closed →
+//! environment → comm → NO_NEW_PRIVS → Landlock → seccomp.
+
+mod landlock_layer;
+mod seccomp;
+mod sys;
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// Host uids for tenant processes are `TENANT_UID_BASE + slot` (`DPMS_TENANT_UID_BASE`
+/// overrides the base): far above the ranges distributions hand out to users and services,
+/// one per slot because `RLIMIT_NPROC` counts per real uid.
+pub const TENANT_UID_BASE: u32 = 200_000;
+
+/// Where the size-capped scratch tmpfs is mounted inside the tenant's mount namespace;
+/// also its `HOME` and `TMPDIR`.
+pub const SCRATCH_DIR: &str = "/tmp";
+
+/// The uid and gid the tenant has inside its own user namespace (mapped to the host ids).
+const INNER_ID: u32 = 1000;
+
+/// Everything [`enter`] needs: plain data, so it can be built before the fork.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The unprivileged host uid (one per tenant slot, see [`TENANT_UID_BASE`]).
+    pub host_uid: u32,
+    pub host_gid: u32,
+    /// The process name, `dpms-t-<8 hex>` (at most 15 bytes: the kernel truncates).
+    pub comm: String,
+    /// Readable (and executable) trees: stdlib, site-packages, the tenant's module folders,
+    /// the shared libraries C extensions load.
+    pub read_only: Vec<PathBuf>,
+    /// Size cap of the scratch tmpfs, in bytes.
+    pub scratch_bytes: u64,
+    /// RLIMIT_AS; `None` leaves it unlimited.
+    pub memory_bytes: Option<u64>,
+    pub nofile: u64,
+    pub fsize_bytes: u64,
+    /// RLIMIT_NPROC for the tenant's host uid (threads count too).
+    pub nproc: u64,
+    /// The tenant's secrets; `HOME`, `TMPDIR` and `LANG` are added.
+    pub env: Vec<(String, String)>,
+    /// Descriptors that stay open (the channel to the host); every other one is closed.
+    pub keep_fds: Vec<RawFd>,
+}
+
+/// The layer that could not be applied; nothing after it ran.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox layer `{layer}` failed: {source}")]
+    Layer {
+        layer: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sandbox layer `{layer}` is not supported by this kernel: {detail}")]
+    Unsupported { layer: &'static str, detail: String },
+    #[error("invalid sandbox spec: {0}")]
+    Spec(String),
+}
+
+impl SandboxError {
+    pub(crate) fn os(layer: &'static str) -> Self {
+        Self::Layer {
+            layer,
+            source: std::io::Error::last_os_error(),
+        }
+    }
+}
+
+/// Which layers this kernel supports, as found by [`probe`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layers {
+    pub user_namespaces: bool,
+    pub landlock: bool,
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+}
+
+impl Layers {
+    /// Names of the layers missing, for the fail-closed startup line (empty = all present).
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.user_namespaces {
+            out.push("namespaces");
+        }
+        if !self.no_new_privs {
+            out.push("no_new_privs");
+        }
+        if !self.landlock {
+            out.push("landlock");
+        }
+        if !self.seccomp {
+            out.push("seccomp");
+        }
+        out
+    }
+}
+
+/// Forks a throwaway child per layer and tries it there, so this process is not changed.
+/// Must be called while the process is single-threaded (at startup, before any runtime).
+pub fn probe() -> Layers {
+    Layers {
+        user_namespaces: sys::try_in_child(|| sys::unshare_all().is_ok()),
+        no_new_privs: sys::try_in_child(|| sys::no_new_privs().is_ok()),
+        landlock: sys::try_in_child(landlock_layer::fully_supported),
+        seccomp: sys::try_in_child(|| sys::no_new_privs().is_ok() && seccomp::install().is_ok()),
+    }
+}
+
+/// Checks what can be checked before anything is changed.
+fn validate(spec: &Spec) -> Result<(), SandboxError> {
+    if spec.host_uid == 0 || spec.host_gid == 0 {
+        return Err(SandboxError::Spec("host uid and gid must not be 0".into()));
+    }
+    if spec.comm.is_empty() || spec.comm.len() > 15 || spec.comm.contains('\0') {
+        return Err(SandboxError::Spec(format!(
+            "comm `{}` must be 1..=15 bytes",
+            spec.comm
+        )));
+    }
+    if spec.scratch_bytes == 0 {
+        return Err(SandboxError::Spec("scratch_bytes must be > 0".into()));
+    }
+    for path in &spec.read_only {
+        if !path.is_absolute() {
+            return Err(SandboxError::Spec(format!(
+                "read-only path `{}` is not absolute",
+                path.display()
+            )));
+        }
+        // landlock's `path_beneath_rules` skips paths it cannot open: a missing tree
+        // would silently shrink the set, so it is refused here.
+        if !path.try_exists().unwrap_or(false) {
+            return Err(SandboxError::Spec(format!(
+                "read-only path `{}` does not exist",
+                path.display()
+            )));
+        }
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return Err(SandboxError::Spec(format!("bad environment name `{key}`")));
+        }
+    }
+    Ok(())
+}
+
+/// Puts the calling process into the sandbox. Call it in a freshly forked, single-threaded
+/// child; on `Ok` the caller runs as pid 1 of a new pid namespace with every layer applied.
+/// The process that called it never returns on success: it becomes the waiting middle
+/// process and exits with the child's status. On `Err` the caller must exit without
+/// running tenant code (some layers may already be in place; none is skipped silently).
+pub fn enter(spec: &Spec) -> Result<(), SandboxError> {
+    validate(spec)?;
+    sys::setsid()?;
+    sys::set_dumpable()?;
+    sys::become_host_user(spec.host_uid, spec.host_gid)?;
+    // setresuid cleared the dumpable flag; the uid_map write below needs it back.
+    sys::set_dumpable()?;
+    sys::unshare_all()?;
+    sys::write_id_maps(INNER_ID, spec.host_uid, INNER_ID, spec.host_gid)?;
+    sys::fork_into_pid_namespace()?;
+    sys::mount_proc_and_scratch(SCRATCH_DIR, spec.scratch_bytes)?;
+    sys::set_limits(spec)?;
+    sys::drop_capabilities()?;
+    sys::close_other_fds(&spec.keep_fds)?;
+    sys::replace_environment(&environment(spec))?;
+    sys::set_comm(&spec.comm)?;
+    sys::no_new_privs()?;
+    landlock_layer::restrict(&spec.read_only, SCRATCH_DIR)?;
+    seccomp::install()?;
+    Ok(())
+}
+
+/// The tenant's whole environment: its secrets plus the fixed minimal set.
+pub fn environment(spec: &Spec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "LANG"))
+        .cloned()
+        .collect();
+    env.push(("HOME".into(), SCRATCH_DIR.into()));
+    env.push(("TMPDIR".into(), SCRATCH_DIR.into()));
+    env.push(("LANG".into(), "C.UTF-8".into()));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            host_uid: TENANT_UID_BASE,
+            host_gid: TENANT_UID_BASE,
+            comm: "dpms-t-0123abcd".into(),
+            read_only: vec!["/usr".into()],
+            scratch_bytes: 1 << 20,
+            memory_bytes: None,
+            nofile: 64,
+            fsize_bytes: 1 << 20,
+            nproc: 32,
+            env: vec![
+                ("SECRET".into(), "x".into()),
+                ("HOME".into(), "/root".into()),
+            ],
+            keep_fds: vec![],
+        }
+    }
+
+    #[test]
+    fn environment_adds_the_fixed_set_and_overrides_home() {
+        let env = environment(&spec());
+        assert_eq!(env.iter().filter(|(k, _)| k == "HOME").count(), 1);
+        assert!(env.contains(&("HOME".into(), SCRATCH_DIR.into())));
+        assert!(env.contains(&("SECRET".into(), "x".into())));
+    }
+
+    #[test]
+    fn validate_refuses_root_long_comm_and_relative_paths() {
+        let mut s = spec();
+        assert!(validate(&s).is_ok());
+        s.host_uid = 0;
+        assert!(validate(&s).is_err());
+        let mut s = spec();
+        s.comm = "dpms-t-0123abcdef".into();
+        assert!(validate(&s).is_err());
+        let mut s = spec();
+        s.read_only = vec!["usr".into()];
+        assert!(validate(&s).is_err());
+    }
+
+    #[test]
+    fn missing_names_each_absent_layer() {
+        assert!(Layers {
+            user_namespaces: true,
+            landlock: true,
+            seccomp: true,
+            no_new_privs: true
+        }
+        .missing()
+        .is_empty());
+        assert_eq!(Layers::default().missing().len(), 4);
+    }
+}
