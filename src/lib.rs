@@ -18,12 +18,15 @@
 //! - [`error`]: the catalogue of client-visible errors.
 //! - [`plugins`]: plugin files and packages, loading, freshness (watches on every folder a
 //!   plugin folder is reached through + the per-request check).
+//! - [`exec`]: the boundary between the request pipeline and plugin code, plain data only
+//!   (so far: [`exec::schedule`], where a call runs).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.
 
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod fork_guard;
 pub mod marshal;
 pub mod plugins;
@@ -58,7 +61,7 @@ pub enum RunError {
 ///
 /// Requests are served by a single-threaded runtime on the `dpms-io` thread, which keeps a
 /// permanent Python thread state so short plugin calls can run inline (see
-/// `pyhost::schedule`). `on_ready` runs once the plugins are loaded, before the first
+/// `exec::schedule`). `on_ready` runs once the plugins are loaded, before the first
 /// connection is accepted; `worker` is sent as `X-Dpms-Worker`. `on_retire` tells the
 /// supervisor to start a replacement when code stuck past its deadline retires this worker
 /// (see `pyhost::Watchdog`); the worker then shuts down as on `shutdown`.

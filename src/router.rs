@@ -11,9 +11,10 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
+use crate::exec::Schedule;
 use crate::marshal::Signature;
 use crate::plugins::FileState;
-use crate::pyhost::{ModuleHandle, Schedule};
+use crate::pyhost::ModuleHandle;
 
 /// An HTTP method a plugin function can declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,8 +19,9 @@ use super::watcher::{
     package_files, package_key, ChangeQueue, Changes, DirState, FileState, FolderWatcher, WatchPlan,
 };
 use crate::config::{Config, ReloadMode};
+use crate::exec::Schedule;
 use crate::marshal::Signature;
-use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost, Schedule};
+use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost};
 use crate::router::{is_uuid_segment, Endpoint, FileProblem, MethodSet, Module, RouteTable};
 
 /// A plugin file the snapshot answers for.

@@ -11,7 +11,7 @@ mod convert;
 mod introspect;
 mod keys;
 mod request;
-mod schedule;
+
 mod watchdog;
 mod worker;
 
@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
 pub use request::RequestInfo;
-pub use schedule::Schedule;
+
 use watchdog::Call;
 pub use watchdog::{RetireHook, Watchdog};
 
@@ -210,7 +210,7 @@ impl PyHost {
     }
 
     /// Runs one plugin call, inline on this thread if its endpoint is known to be short,
-    /// otherwise on a Python thread of the pool (see [`schedule`]). The caller applies the
+    /// otherwise on a Python thread of the pool (see [`crate::exec::schedule`]). The caller applies the
     /// deadline to a pending call.
     pub fn call(
         &self,

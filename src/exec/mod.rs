@@ -1,0 +1,7 @@
+//! The boundary between the request pipeline and running plugin code (issue 11's seam, in
+//! progress). Only plain data lives here, so the route table can refer to it without depending on
+//! the embedded Python: today [`schedule`], where a call runs, learnt from call times.
+
+pub mod schedule;
+
+pub use schedule::Schedule;
