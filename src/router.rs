@@ -11,10 +11,9 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::exec::Schedule;
+use crate::exec::{CodeRef, Schedule};
 use crate::marshal::Signature;
 use crate::plugins::FileState;
-use crate::pyhost::ModuleHandle;
 
 /// An HTTP method a plugin function can declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +150,7 @@ pub struct Endpoint {
     pub envelope_prefix: Bytes,
     /// `<module>.<func>`, as the access log names the endpoint.
     pub label: Arc<str>,
-    /// Index of the function object in the module's [`ModuleHandle`].
+    /// Index of the function object in the module's loaded code ([`CodeRef`]).
     pub index: usize,
     /// Where calls run (inline or on the pool), learnt from call times.
     pub schedule: Arc<Schedule>,
@@ -173,8 +172,9 @@ pub struct Module {
     /// Set when the current file does not import; the endpoints are those of the last version
     /// that did, and answer 500 `plugin_import_error` until the file is fixed.
     pub import_error: Option<String>,
-    /// The loaded Python objects; `None` when the current file does not import.
-    pub handle: Option<ModuleHandle>,
+    /// The loaded code, opened only by the executor that made it; `None` when the current
+    /// file does not import.
+    pub code: Option<CodeRef>,
     /// The file as loaded, for the freshness check.
     pub file: Arc<FileState>,
     /// Other plugin modules it imported: a change to one re-imports this one.

@@ -1,7 +1,11 @@
 //! The boundary between the request pipeline and running plugin code (issue 11's seam, in
 //! progress). Only plain data lives here, so the route table can refer to it without depending on
-//! the embedded Python: today [`schedule`], where a call runs, learnt from call times.
+//! the embedded Python: [`code`], the opaque reference
+//! to a module's loaded code that only its executor opens, and [`schedule`], where a call runs,
+//! learnt from call times.
 
+pub mod code;
 pub mod schedule;
 
+pub use code::CodeRef;
 pub use schedule::Schedule;

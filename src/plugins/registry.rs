@@ -19,9 +19,9 @@ use super::watcher::{
     package_files, package_key, ChangeQueue, Changes, DirState, FileState, FolderWatcher, WatchPlan,
 };
 use crate::config::{Config, ReloadMode};
-use crate::exec::Schedule;
+use crate::exec::{CodeRef, Schedule};
 use crate::marshal::Signature;
-use crate::pyhost::{Description, LoadRequest, Loaded, ModuleHandle, PyHost};
+use crate::pyhost::{Description, LoadRequest, Loaded, PyHost};
 use crate::router::{is_uuid_segment, Endpoint, FileProblem, MethodSet, Module, RouteTable};
 
 /// A plugin file the snapshot answers for.
@@ -737,7 +737,7 @@ impl Registry {
                     handle,
                 }) => {
                     self.last_good.save(&f.stem, &f.path, &json);
-                    let module = build_module(f, description, Some(handle));
+                    let module = build_module(f, description, Some(CodeRef::new(handle)));
                     for err in &module.errors {
                         if self.first_to_log(f, err) {
                             tracing::warn!(module = %f.stem, "{err}");
@@ -901,7 +901,7 @@ impl LastGood {
 }
 
 /// Turns a module description into a route-table module, checking each endpoint.
-fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>) -> Module {
+fn build_module(file: &TrackedFile, d: Description, code: Option<CodeRef>) -> Module {
     let mut errors = d.errors;
     let mut endpoints: Vec<Endpoint> = Vec::new();
     for e in d.endpoints {
@@ -957,7 +957,7 @@ fn build_module(file: &TrackedFile, d: Description, handle: Option<ModuleHandle>
         endpoints,
         errors,
         import_error: None,
-        handle,
+        code,
         file: Arc::clone(&file.state),
         deps: d.deps,
     }
@@ -974,7 +974,7 @@ fn broken(previous: &Module, file: &TrackedFile, error: String) -> Module {
         endpoints: previous.endpoints.clone(),
         errors: previous.errors.clone(),
         import_error: Some(error),
-        handle: None,
+        code: None,
         file: Arc::clone(&file.state),
         deps: previous.deps.clone(),
     }

@@ -208,8 +208,9 @@ pub fn invoke(
     let started = Instant::now();
     let spec = module.endpoints.get(endpoint);
     let func = module
-        .handle
+        .code
         .as_ref()
+        .and_then(|code| code.get::<ModuleHandle>())
         .zip(spec)
         .and_then(|(handle, e)| handle.funcs.get(e.index));
     let (Some(func), Some(spec)) = (func, spec) else {
