@@ -7,6 +7,7 @@
 //! - [`state_dir`]: the supervisor's private shared state folder, stale ones removed; which
 //!   worker logs a message shared by all.
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
+//! - [`ipc`]: the framed, typed channel between the host and its child processes.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod error;
 pub mod fork_guard;
+pub mod ipc;
 pub mod marshal;
 pub mod plugins;
 pub mod pyhost;
