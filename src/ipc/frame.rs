@@ -227,4 +227,5 @@ fn eof_is_truncated(e: io::Error) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that fails to set up should panic
 mod tests;

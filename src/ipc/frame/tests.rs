@@ -105,9 +105,9 @@ fn io_error_is_io() {
 
 #[test]
 fn a_frame_exactly_at_the_cap() {
-    // `Blob("x…")` encodes as {"Blob":"x…"}: 12 bytes around the string.
+    // `Blob("x…")` encodes as {"Blob":"x…"}: 11 bytes around the string.
     let max = 1 << 20;
-    let blob = "x".repeat(max as usize - 12);
+    let blob = "x".repeat(max as usize - 11);
     let (tx, mut rx) = pair::<Msg>(max).unwrap();
     // The socket buffer is smaller than the frame: write from another thread.
     let writer = std::thread::spawn(move || {
@@ -115,12 +115,12 @@ fn a_frame_exactly_at_the_cap() {
         tx.send(&Msg::Blob(blob)).map(|()| tx)
     });
     match rx.recv().unwrap() {
-        Msg::Blob(s) => assert_eq!(s.len(), max as usize - 12),
+        Msg::Blob(s) => assert_eq!(s.len(), max as usize - 11),
         other => panic!("unexpected {other:?}"),
     }
     let mut tx = writer.join().unwrap().unwrap();
     assert!(matches!(
-        tx.send(&Msg::Blob("x".repeat(max as usize - 11))),
+        tx.send(&Msg::Blob("x".repeat(max as usize - 10))),
         Err(Error::Oversized(n)) if n == u64::from(max) + 1
     ));
 }
