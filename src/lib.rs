@@ -9,6 +9,7 @@
 //! - [`store`]: the tenant registry (SQLite in `DPMS_DATA_DIR`) and its cross-process change
 //!   counter; the one place state shared between processes and restarts lives.
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
+//! - [`ipc`]: the framed, typed channel between the host and its child processes.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod fork_guard;
+pub mod ipc;
 pub mod marshal;
 pub mod plugins;
 pub mod pyhost;
