@@ -20,7 +20,8 @@
 //! - [`plugins`]: plugin files and packages, loading, freshness (watches on every folder a
 //!   plugin folder is reached through + the per-request check).
 //! - [`exec`]: the boundary between the request pipeline and plugin code, plain data only
-//!   (so far: [`exec::schedule`], where a call runs).
+//!   (so far: [`exec::outcome`], what a call produced, [`exec::code`], the opaque reference to
+//!   loaded code, and [`exec::schedule`], where a call runs).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.

@@ -447,6 +447,14 @@ async fn call(
             let mut resp = Response::new(http_body_util::Full::new(body));
             *resp.status_mut() = status;
             for (k, v) in headers {
+                // Checked by the executor; a pair that still does not parse is dropped.
+                let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) else {
+                    tracing::warn!(id = %id, api = %endpoint.api, header = %k, "dropped a header that is not valid HTTP");
+                    continue;
+                };
                 if response::is_framing_header(&k) {
                     framing_ignored(&endpoint.label, &k);
                     continue;

@@ -1,11 +1,13 @@
 //! The boundary between the request pipeline and running plugin code (issue 11's seam, in
 //! progress). Only plain data lives here, so the route table can refer to it without depending on
-//! the embedded Python: [`code`], the opaque reference
+//! the embedded Python: [`outcome`], what a call produced, [`code`], the opaque reference
 //! to a module's loaded code that only its executor opens, and [`schedule`], where a call runs,
 //! learnt from call times.
 
 pub mod code;
+pub mod outcome;
 pub mod schedule;
 
 pub use code::CodeRef;
+pub use outcome::{CallFailure, CallResult, Outcome};
 pub use schedule::Schedule;

@@ -98,40 +98,7 @@ pub struct ModuleHandle {
     funcs: Vec<Py<PyAny>>,
 }
 
-/// What a successful call produced.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The whole success body: the envelope with the result's JSON inside.
-    Json(Vec<u8>),
-    /// A `dpms.Response`, sent as is.
-    Custom {
-        status: u16,
-        /// Valid names and values, in the plugin's order (two `Set-Cookie`s stay two).
-        headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
-        content_type: String,
-        body: Vec<u8>,
-    },
-}
-
-/// Why a call produced no [`Outcome`].
-#[derive(Debug)]
-pub enum CallFailure {
-    /// The plugin raised: `"ValueError: boom"` and the formatted traceback.
-    Raised {
-        exception: String,
-        traceback: String,
-    },
-    /// The result cannot be converted to JSON.
-    Unserializable(String),
-    /// The queue of calls waiting for a Python thread is full.
-    Overloaded,
-    /// An inline call ran past `MAX_FUNCTION_SECS` (stopped by the watchdog, or just slow).
-    TimedOut,
-    /// A fault of dpms itself.
-    Internal(String),
-}
-
-pub type CallResult = Result<Outcome, CallFailure>;
+pub use crate::exec::{CallFailure, CallResult, Outcome};
 
 /// A call's result, or where it will arrive.
 pub enum Dispatch {

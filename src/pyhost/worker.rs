@@ -362,12 +362,12 @@ fn custom_response(py: Python<'_>, value: &Bound<'_, PyAny>) -> CallResult {
                 .into_owned();
             let name = hyper::header::HeaderName::try_from(k.as_str())
                 .map_err(|_| bad(format!("header name {k:?} is not a valid header name")))?;
-            let value = hyper::header::HeaderValue::from_str(&v).map_err(|_| {
+            hyper::header::HeaderValue::from_str(&v).map_err(|_| {
                 bad(format!(
                     "header {k:?} has a value that is not valid (control characters such as CR/LF)"
                 ))
             })?;
-            headers.push((name, value));
+            headers.push((name.as_str().to_string(), v));
         }
     }
     let content_type: Option<String> = value
