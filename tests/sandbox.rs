@@ -60,6 +60,25 @@ impl Drop for Held {
     }
 }
 
+/// Starts a held sandbox (it prints `ready`, then waits on stdin) and finds its pid 1, the
+/// middle process's only child.
+fn hold(mut cmd: Command) -> Held {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let middle = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let children = read(&format!("/proc/{middle}/task/{middle}/children"));
+    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    Held(child, pid)
+}
+
 const HOLD: &str = r#"
 import sys, threading
 t = threading.Thread(target=sys.stdin.read, daemon=True)
@@ -70,7 +89,7 @@ t.join()
 
 #[test]
 fn boundary_facts_seen_from_the_host() {
-    let mut child = sandbox(
+    let held = hold(sandbox(
         &[
             "--env",
             "SECRET=s3",
@@ -83,20 +102,8 @@ fn boundary_facts_seen_from_the_host() {
         ],
         HOLD,
         &[],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let middle = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let children = read(&format!("/proc/{middle}/task/{middle}/children"));
-    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    let held = Held(child, pid);
+    ));
+    let pid = held.1;
 
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -269,28 +276,17 @@ fn a_spec_that_cannot_be_applied_runs_nothing() {
 /// Without an exec the process keeps the `comm` the sandbox set (the zygote's case).
 #[test]
 fn comm_is_kept_without_exec() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpms"))
-        .args([
-            "sandbox-exec",
-            "--comm",
-            "dpms-t-1234abcd",
-            "--uid",
-            "200003",
-        ])
-        .args(["--ro", "/usr", "--", "__hold__"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let middle = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    let children = read(&format!("/proc/{middle}/task/{middle}/children"));
-    let pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    let held = Held(child, pid);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpms"));
+    cmd.args([
+        "sandbox-exec",
+        "--comm",
+        "dpms-t-1234abcd",
+        "--uid",
+        "200003",
+    ])
+    .args(["--ro", "/usr", "--", "__hold__"]);
+    let held = hold(cmd);
+    let pid = held.1;
     assert_eq!(read(&format!("/proc/{pid}/comm")).trim(), "dpms-t-1234abcd");
     let deadline = Instant::now() + Duration::from_secs(10);
     let tasks = loop {
