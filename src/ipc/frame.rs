@@ -70,11 +70,7 @@ impl<T: Serialize> Sender<T> {
 
     /// The same end, driven by tokio. Must be called inside a runtime.
     pub fn into_async(self) -> io::Result<AsyncSender<T>> {
-        self.stream.set_nonblocking(true)?;
-        Ok(AsyncSender::new(
-            tokio::net::UnixStream::from_std(self.stream)?,
-            self.max_frame,
-        ))
+        Ok(AsyncSender::new(to_tokio(self.stream)?, self.max_frame))
     }
 }
 
@@ -102,11 +98,7 @@ impl<T: DeserializeOwned> Receiver<T> {
 
     /// The same end, driven by tokio. Must be called inside a runtime.
     pub fn into_async(self) -> io::Result<AsyncReceiver<T>> {
-        self.stream.set_nonblocking(true)?;
-        Ok(AsyncReceiver::new(
-            tokio::net::UnixStream::from_std(self.stream)?,
-            self.max_frame,
-        ))
+        Ok(AsyncReceiver::new(to_tokio(self.stream)?, self.max_frame))
     }
 }
 
@@ -159,6 +151,13 @@ fn encode<T: Serialize>(message: &T, max_frame: u32) -> Result<Vec<u8>, Error> {
         .ok_or(Error::Oversized(len as u64))?;
     frame[..HEADER].copy_from_slice(&len32.to_be_bytes());
     Ok(frame)
+}
+
+/// A blocking end's stream as a tokio one (which must be non-blocking). Must be called inside a
+/// runtime.
+fn to_tokio(stream: UnixStream) -> io::Result<tokio::net::UnixStream> {
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
