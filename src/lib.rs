@@ -121,8 +121,11 @@ pub fn run(
                 runtime.block_on(async move {
                     listener.set_nonblocking(true)?;
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    let registry =
-                        plugins::Registry::start(Arc::clone(&config), Arc::clone(&host)).await;
+                    let registry = plugins::Registry::start(
+                        Arc::clone(&config),
+                        Arc::clone(&host) as Arc<dyn exec::Loader>,
+                    )
+                    .await;
                     log_summary(&config, &registry);
                     on_ready();
                     let app = Arc::new(service::App::new(config, registry, host, worker));

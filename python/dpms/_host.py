@@ -80,6 +80,8 @@ _frozen_start = False
 _native = None
 #: Plugin file stem -> path, as found by the server's own folder scan.
 _plugin_files = {}
+#: stem -> source bytes, when the server sends them (a tenant's sandbox; see set_files).
+_plugin_sources = {}
 #: Stems of modules this helper loaded (only those may be replaced).
 _ours = set()
 #: Modules being executed right now (innermost last), to record who imports whom.
@@ -262,8 +264,10 @@ class _PluginLoader(importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        with _open(self.filename, "rb") as f:
-            source = f.read()
+        source = _plugin_sources.get(module.__name__)
+        if source is None:
+            with _open(self.filename, "rb") as f:
+                source = f.read()
         module.__file__ = self.filename
         _execute(module, source)
         if _batch is not None:
@@ -395,9 +399,15 @@ def exception_text(exc):
 
 
 def set_files(files):
-    """Replaces the stem -> path map the finder uses."""
+    """Replaces the stem -> path map the finder uses. A value may be ``(path, source)``: in a
+    tenant's sandbox, which cannot read the plugin folders, the server sends the bytes."""
     _plugin_files.clear()
-    _plugin_files.update(files)
+    _plugin_sources.clear()
+    for stem, entry in files.items():
+        if isinstance(entry, tuple):
+            _plugin_files[stem], _plugin_sources[stem] = entry
+        else:
+            _plugin_files[stem] = entry
 
 
 def forget(name):
@@ -434,6 +444,8 @@ def load_batch(requests):
     results = []
     try:
         for name, path, source in requests:
+            if name in _plugin_sources:
+                _plugin_sources[name] = source
             results.append(_load_one(name, path, source, previous))
     finally:
         _batch = None

@@ -5,9 +5,13 @@
 //! learnt from call times.
 
 pub mod code;
+pub mod load;
 pub mod outcome;
 pub mod schedule;
 
 pub use code::CodeRef;
+pub use load::{
+    Description, EndpointDescription, FinderEntry, LoadRequest, Loaded, Loader, Report,
+};
 pub use outcome::{CallFailure, CallResult, Outcome};
 pub use schedule::Schedule;

@@ -20,8 +20,8 @@ use super::watcher::{
 };
 use crate::config::{Config, ReloadMode};
 use crate::exec::{CodeRef, Schedule};
+use crate::exec::{Description, FinderEntry, LoadRequest, Loaded, Loader};
 use crate::marshal::Signature;
-use crate::pyhost::{Description, LoadRequest, Loaded, PyHost};
 use crate::router::{is_uuid_segment, Endpoint, FileProblem, MethodSet, Module, RouteTable};
 
 /// A plugin file the snapshot answers for.
@@ -112,11 +112,19 @@ impl Snapshot {
 
     /// What the Python finder may import from the plugin folders: stem → file (a package's
     /// `__init__.py`).
-    fn finder_map(files: &[TrackedFile], packages: &[TrackedPackage]) -> Vec<(String, String)> {
+    fn finder_map(files: &[TrackedFile], packages: &[TrackedPackage]) -> Vec<FinderEntry> {
         files
             .iter()
-            .map(|f| (f.stem.clone(), f.path.display().to_string()))
-            .chain(packages.iter().map(|p| (p.name.clone(), p.init())))
+            .map(|f| FinderEntry {
+                name: f.stem.clone(),
+                path: f.path.display().to_string(),
+                source: None,
+            })
+            .chain(packages.iter().map(|p| FinderEntry {
+                name: p.name.clone(),
+                path: p.init(),
+                source: None,
+            }))
             .collect()
     }
 
@@ -187,7 +195,7 @@ impl Snapshot {
 
 pub struct Registry {
     config: Arc<Config>,
-    host: Arc<PyHost>,
+    loader: Arc<dyn Loader>,
     current: RwLock<Arc<Snapshot>>,
     /// Held for the whole of a reload: one reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
@@ -209,7 +217,7 @@ pub struct Registry {
 
 impl Registry {
     /// Loads every plugin and, unless reloading is off, starts watching the folders.
-    pub async fn start(config: Arc<Config>, host: Arc<PyHost>) -> Arc<Registry> {
+    pub async fn start(config: Arc<Config>, loader: Arc<dyn Loader>) -> Arc<Registry> {
         let (wake, woken) = match config.reload {
             ReloadMode::Never => (None, None),
             _ => {
@@ -219,7 +227,7 @@ impl Registry {
         };
         let registry = Arc::new(Registry {
             config: Arc::clone(&config),
-            host,
+            loader,
             current: RwLock::new(Arc::new(Snapshot::empty())),
             reload_lock: tokio::sync::Mutex::new(()),
             dirty: Arc::new(AtomicBool::new(false)),
@@ -698,7 +706,7 @@ impl Registry {
         let results = if requests.is_empty() && forget.is_empty() && file_map.is_none() {
             Vec::new()
         } else {
-            match self.host.load(file_map, forget, requests.clone()).await {
+            match self.loader.load(file_map, forget, requests.clone()).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(cause = %e, "plugin reload failed; keeping the previous modules");
@@ -734,10 +742,10 @@ impl Registry {
                 Some(Loaded::Ok {
                     description,
                     json,
-                    handle,
+                    code,
                 }) => {
                     self.last_good.save(&f.stem, &f.path, &json);
-                    let module = build_module(f, description, Some(CodeRef::new(handle)));
+                    let module = build_module(f, description, Some(code));
                     for err in &module.errors {
                         if self.first_to_log(f, err) {
                             tracing::warn!(module = %f.stem, "{err}");

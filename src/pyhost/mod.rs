@@ -8,7 +8,6 @@
 //! (worker processes, inline fast path) will change.
 
 mod convert;
-mod introspect;
 mod keys;
 mod request;
 
@@ -23,7 +22,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use tokio::sync::oneshot;
 
-pub use introspect::{Description, EndpointDescription, LoadRequest, Report};
+pub use crate::exec::{Description, EndpointDescription, FinderEntry, LoadRequest, Loaded, Report};
 pub use request::RequestInfo;
 
 use watchdog::Call;
@@ -120,23 +119,6 @@ impl Interrupt {
     pub fn interrupt(&self) {
         self.watchdog.abandon(Arc::clone(&self.call));
     }
-}
-
-/// The outcome of importing one file.
-pub enum Loaded {
-    Ok {
-        description: Description,
-        /// The description as the helper wrote it (kept for other workers, see `registry`).
-        json: String,
-        handle: ModuleHandle,
-    },
-    ImportError {
-        error: String,
-        traceback: String,
-    },
-    Refused {
-        error: String,
-    },
 }
 
 /// The embedded interpreter and its threads.
@@ -259,10 +241,10 @@ impl PyHost {
     /// files are gone.
     pub async fn load(
         &self,
-        files: Option<Vec<(String, String)>>,
+        files: Option<Vec<FinderEntry>>,
         forget: Vec<String>,
         requests: Vec<LoadRequest>,
-    ) -> Result<Vec<Loaded>, String> {
+    ) -> crate::exec::load::LoadResult {
         let (reply, rx) = oneshot::channel();
         let job = worker::Job::Load {
             files,
@@ -397,4 +379,17 @@ fn setup(
         Ok(())
     };
     run().map_err(|e| e.to_string())
+}
+
+impl crate::exec::Loader for PyHost {
+    fn load(
+        &self,
+        files: Option<Vec<FinderEntry>>,
+        forget: Vec<String>,
+        requests: Vec<LoadRequest>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = crate::exec::load::LoadResult> + Send + '_>,
+    > {
+        Box::pin(PyHost::load(self, files, forget, requests))
+    }
 }

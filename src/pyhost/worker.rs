@@ -31,7 +31,7 @@ use crate::router::Module;
 pub enum Job {
     Call(CallJob),
     Load {
-        files: Option<Vec<(String, String)>>,
+        files: Option<Vec<crate::exec::FinderEntry>>,
         forget: Vec<String>,
         requests: Vec<LoadRequest>,
         reply: oneshot::Sender<Result<Vec<Loaded>, String>>,
@@ -520,7 +520,7 @@ impl Native {
 
 fn run_load(
     py: Python<'_>,
-    files: Option<Vec<(String, String)>>,
+    files: Option<Vec<crate::exec::FinderEntry>>,
     forget: Vec<String>,
     requests: Vec<LoadRequest>,
     watchdog: &Watchdog,
@@ -528,8 +528,13 @@ fn run_load(
     let host = host_module(py)?;
     if let Some(files) = files {
         let map = PyDict::new(py);
-        for (stem, path) in &files {
-            map.set_item(stem, path)?;
+        for entry in &files {
+            match &entry.source {
+                Some(source) => {
+                    map.set_item(&entry.name, (&entry.path, PyBytes::new(py, source)))?
+                }
+                None => map.set_item(&entry.name, &entry.path)?,
+            }
         }
         host.call_method1(intern!(py, "set_files"), (map,))?;
     }
@@ -577,7 +582,7 @@ fn run_load(
             Report::Ok(description) => Loaded::Ok {
                 description,
                 json,
-                handle: ModuleHandle { module, funcs },
+                code: crate::exec::CodeRef::new(ModuleHandle { module, funcs }),
             },
             Report::ImportError { error, traceback } => Loaded::ImportError { error, traceback },
             Report::Refused { error } => Loaded::Refused { error },
