@@ -41,7 +41,7 @@ def run_serve(workdir, env, timeout=30):
 
 
 @pytest.mark.parametrize("where", ["env", "dotenv"])
-def test_multi_tenant_true_refuses_to_start(tmp_path, where):
+def test_multi_tenant_true_without_admin_id_refuses_to_start(tmp_path, where):
     (tmp_path / "plugins").mkdir()
     env = {}
     if where == "env":
@@ -52,7 +52,7 @@ def test_multi_tenant_true_refuses_to_start(tmp_path, where):
     assert rc != 0, err
     lines = [line for line in err.splitlines() if "MULTI_TENANT" in line]
     assert len(lines) == 1, err
-    assert "refusing to start" in lines[0], err
+    assert "refusing to start" in lines[0] and "ADMIN_ID" in lines[0], err
 
 
 def test_missing_default_plugin_folder_names_no_unset_variable(tmp_path):

@@ -194,6 +194,8 @@ pub struct Config {
     pub max_function_time: Duration,
     pub debug: bool,
     pub admin_id: Option<Uuid>,
+    /// `MULTI_TENANT`: callers name themselves by uuid and tenants' modules run sandboxed.
+    pub multi_tenant: bool,
     /// The virtual environment whose site-packages are appended to `sys.path`.
     pub venv: Option<PathBuf>,
     pub py_threads: usize,
@@ -237,8 +239,8 @@ pub enum ConfigError {
     EnvFile { line: usize, text: String },
     #[error("the default plugin folder `{name}` ({path}) does not exist: create it, or name your plugin folders in `plugins` (e.g. `plugins=./services`)")]
     NoPluginFolder { name: String, path: String },
-    #[error("MULTI_TENANT=True, but this release of dpms has no tenancy yet: refusing to start rather than run every caller as admin (set MULTI_TENANT=False, or leave it out)")]
-    TenancyUnavailable,
+    #[error("MULTI_TENANT=True needs ADMIN_ID (a UUID): refusing to start; set it in `.env` or the environment")]
+    TenancyNeedsAdmin,
     #[error("cannot read `{path}`: {source}")]
     Read {
         path: PathBuf,
@@ -518,8 +520,9 @@ impl Sources {
         let shutdown_secs: u64 = self.parsed("DPMS_SHUTDOWN_SECS", 10, "expected whole seconds")?;
 
         // Until tenancy exists, a security switch must not fail open (SPEC §7).
-        if self.boolean("MULTI_TENANT", false)? {
-            return Err(ConfigError::TenancyUnavailable);
+        let multi_tenant = self.boolean("MULTI_TENANT", false)?;
+        if multi_tenant && admin_id.is_none() {
+            return Err(ConfigError::TenancyNeedsAdmin);
         }
         // `.env` keys that are not settings go to the admin interpreter's `os.environ`, as the
         // original framework did (SPEC §8); the process environment wins over them.
@@ -544,6 +547,7 @@ impl Sources {
             max_function_time,
             debug: self.boolean("DEBUG", false)?,
             admin_id,
+            multi_tenant,
             venv,
             py_threads,
             max_queued,

@@ -78,6 +78,15 @@ pub enum ApiError {
     MethodNotImplemented { method: String },
     #[error("{api} did not finish within {secs} seconds.")]
     Timeout { api: String, secs: f64 },
+    /// The tenant process running the call died (SPEC §11.7).
+    #[error("The process running {api} stopped before it answered.")]
+    WorkerLost { api: String },
+    /// The tenant registry cannot be read: fail closed (SPEC §7).
+    #[error("The tenant registry is unavailable; see the server log.")]
+    RegistryUnavailable,
+    /// Tenant code cannot run: a sandbox layer is missing or the process could not start.
+    #[error("{0}")]
+    SandboxUnavailable(String),
 }
 
 impl ApiError {
@@ -104,6 +113,10 @@ impl ApiError {
             | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::WorkerLost { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::SandboxUnavailable(_) | ApiError::RegistryUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -131,6 +144,9 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::MethodNotImplemented { .. } => "method_not_implemented",
             ApiError::Timeout { .. } => "timeout",
+            ApiError::WorkerLost { .. } => "worker_lost",
+            ApiError::SandboxUnavailable(_) => "sandbox_unavailable",
+            ApiError::RegistryUnavailable => "registry_unavailable",
         }
     }
 

@@ -23,6 +23,11 @@
 //!   (so far: [`exec::outcome`], what a call produced, [`exec::code`], the opaque reference to
 //!   loaded code, and [`exec::schedule`], where a call runs).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
+//! - [`sandboxed`]: the sandboxed executor: a tenant's process started, spoken to, killed.
+//! - [`tenants`]: tenancy on the request path: who a uuid is (an exact in-memory copy of the
+//!   registry), each active tenant's view of the modules and its process.
+//! - [`tenant_proc`]: `dpms tenant-proc`, one tenant's sandboxed process serving loads and
+//!   calls over its channel.
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.
 
@@ -38,12 +43,15 @@ pub mod request_id;
 pub mod response;
 pub mod router;
 pub mod sandbox;
+pub mod sandboxed;
 pub mod server;
 pub mod service;
 pub mod state_dir;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tenant_proc;
+pub mod tenants;
 
 use std::sync::Arc;
 
@@ -121,14 +129,21 @@ pub fn run(
                 runtime.block_on(async move {
                     listener.set_nonblocking(true)?;
                     let listener = tokio::net::TcpListener::from_std(listener)?;
-                    let registry = plugins::Registry::start(
-                        Arc::clone(&config),
-                        Arc::clone(&host) as Arc<dyn exec::Loader>,
-                    )
-                    .await;
+                    let scope = if config.multi_tenant {
+                        plugins::owner::Scope::Admin(config.admin_id)
+                    } else {
+                        plugins::owner::Scope::All
+                    };
+                    let loader = Arc::clone(&host) as Arc<dyn exec::Loader>;
+                    let registry =
+                        plugins::Registry::start(Arc::clone(&config), loader, scope).await;
                     log_summary(&config, &registry);
                     on_ready();
-                    let app = Arc::new(service::App::new(config, registry, host, worker));
+                    let mut app = service::App::new(Arc::clone(&config), registry, host, worker);
+                    if config.multi_tenant {
+                        app = app.with_tenancy(tenants::Tenants::new(Arc::clone(&config)));
+                    }
+                    let app = Arc::new(app);
                     server::serve(listener, app, shutdown).await;
                     Ok(())
                 })

@@ -53,6 +53,13 @@ enum Command {
     /// Prints which sandbox layers this kernel supports, then the missing ones.
     #[command(hide = true)]
     SandboxProbe,
+    /// A tenant's sandboxed process; started by a worker, not by hand.
+    #[command(hide = true)]
+    TenantProc {
+        /// The inherited channel to the worker.
+        #[arg(long)]
+        channel: i32,
+    },
 }
 
 /// A [`dpms::sandbox::Spec`] from flags, for `sandbox-exec`.
@@ -156,6 +163,7 @@ fn main() -> ExitCode {
             println!("missing: {:?}", layers.missing());
             return ExitCode::SUCCESS;
         }
+        Some(Command::TenantProc { channel }) => dpms::tenant_proc::run(channel),
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
     };

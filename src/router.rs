@@ -227,6 +227,8 @@ pub struct RouteTable {
     /// API name → (module index, endpoint index), in module order.
     by_api: HashMap<String, Vec<(usize, usize)>>,
     problems: Vec<FileProblem>,
+    /// Files are named relative to their plugin folder (a tenant's view: no absolute paths).
+    relative_files: bool,
 }
 
 impl RouteTable {
@@ -265,7 +267,49 @@ impl RouteTable {
             by_name,
             by_api,
             problems,
+            relative_files: false,
         }
+    }
+
+    /// A tenant's view (SPEC §7): its own modules first, then the admin's. A tenant's module
+    /// shadows an admin module of the same name or alias, and a tenant's API shadows the
+    /// admin's APIs of the same name; within one owner §3's rules hold. Only the tenant's own
+    /// problems are listed (never the admin's files).
+    pub fn layered(own: &RouteTable, admin: &RouteTable) -> RouteTable {
+        let names: std::collections::HashSet<&str> = own
+            .modules
+            .iter()
+            .flat_map(|m| std::iter::once(m.name.as_str()).chain(m.alias.as_deref()))
+            .collect();
+        let mut modules: Vec<Arc<Module>> = own.modules.clone();
+        let first_admin = modules.len();
+        modules.extend(
+            admin
+                .modules
+                .iter()
+                .filter(|m| {
+                    !names.contains(m.name.as_str())
+                        && m.alias.as_deref().is_none_or(|a| !names.contains(a))
+                })
+                .cloned(),
+        );
+        let problems = own
+            .problems
+            .iter()
+            .map(|p| FileProblem {
+                key: file_name(std::path::Path::new(&p.key)),
+                status: p.status,
+                error: p.error.clone(),
+            })
+            .collect();
+        let mut table = RouteTable::build(modules, problems);
+        table.relative_files = true;
+        for entries in table.by_api.values_mut() {
+            if entries.iter().any(|&(mi, _)| mi < first_admin) {
+                entries.retain(|&(mi, _)| mi < first_admin);
+            }
+        }
+        table
     }
 
     pub fn modules(&self) -> &[Arc<Module>] {
@@ -406,6 +450,14 @@ impl RouteTable {
         })
     }
 
+    fn file_label(&self, path: &std::path::Path) -> String {
+        if self.relative_files {
+            file_name(path)
+        } else {
+            path.display().to_string()
+        }
+    }
+
     /// The `__dir__` body, for every module or for one.
     pub fn dir(&self, only: Option<usize>) -> Value {
         let chosen: Vec<usize> = match only {
@@ -426,7 +478,7 @@ impl RouteTable {
                     let funcs: Vec<&str> = m.endpoints.iter().map(|e| e.func.as_str()).collect();
                     entry.insert("funcs".into(), json!(funcs));
                     entry.insert("alias".into(), json!(m.alias.clone().unwrap_or_default()));
-                    entry.insert("file".into(), json!(m.path.display().to_string()));
+                    entry.insert("file".into(), json!(self.file_label(&m.path)));
                     if !m.errors.is_empty() {
                         entry.insert("errors".into(), json!(m.errors));
                     }
@@ -435,7 +487,7 @@ impl RouteTable {
                 Some(err) => {
                     imports.insert(
                         format!("{}.py", m.name),
-                        json!({"status": "error", "error": err, "file": m.path.display().to_string()}),
+                        json!({"status": "error", "error": err, "file": self.file_label(&m.path)}),
                     );
                 }
             }
@@ -492,6 +544,14 @@ impl RouteTable {
             "aliases": aliases,
         })
     }
+}
+
+/// A file named relative to its plugin folder (plugin folders are scanned without recursion).
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Whether a path segment is a hyphenated 8-4-4-4-12 UUID (the caller's identity, SPEC §3).

@@ -20,8 +20,10 @@ use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
 use crate::request_id::RequestId;
 use crate::response::{self, Body as RespBody};
-use crate::router::{is_uuid_segment, Located, Method, MethodSet, Selected};
+use crate::router::{is_uuid_segment, Located, Method, MethodSet, RouteTable, Selected};
+use crate::sandboxed::{RemoteModule, TenantExec};
 use crate::telemetry;
+use crate::tenants::{Caller as Who, Refused, Tenants, View};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVICES_PREFIX: &str = "/rest/services";
@@ -38,6 +40,8 @@ pub struct App {
     worker_index: usize,
     /// Whether access lines pass the log filter (fixed at start-up).
     access_log: bool,
+    /// `MULTI_TENANT=True`: who each uuid is, and the tenants' views.
+    tenancy: Option<Arc<Tenants>>,
 }
 
 impl App {
@@ -54,7 +58,14 @@ impl App {
             worker: HeaderValue::from(worker),
             worker_index: worker,
             access_log: telemetry::access_enabled(),
+            tenancy: None,
         }
+    }
+
+    /// Serves tenants (SPEC §7): every call names its caller by uuid.
+    pub fn with_tenancy(mut self, tenancy: Arc<Tenants>) -> App {
+        self.tenancy = Some(tenancy);
+        self
     }
 }
 
@@ -167,6 +178,33 @@ async fn route(
         Some(first) if is_uuid_segment(first) => Some(segs.remove(0)),
         _ => None,
     };
+    let who = match &app.tenancy {
+        None => Who::Admin,
+        Some(tenancy) => {
+            // One answer for a missing, unknown, disabled or removed uuid (SPEC §7).
+            let unknown = || ApiError::NotFound {
+                path: path.to_string(),
+            };
+            let Some(segment) = uuid.as_deref() else {
+                return Err((unknown(), None));
+            };
+            match tenancy.resolve(segment).await {
+                Ok(who) => who,
+                Err(Refused::Unknown) => return Err((unknown(), None)),
+                Err(Refused::Unavailable(why)) => {
+                    tracing::error!(cause = %why, "tenant registry unavailable");
+                    return Err((ApiError::RegistryUnavailable, None));
+                }
+                Err(Refused::NoSandbox(why)) => {
+                    return Err((ApiError::SandboxUnavailable(why), None))
+                }
+            }
+        }
+    };
+    if let Who::Tenant(_, view) = &who {
+        let view = Arc::clone(view);
+        return route_tenant(app, req, remote, id, uuid, &view, &segs, verb).await;
+    }
 
     let (snap, located) = locate(app, &segs).await.map_err(|e| (e, None))?;
     let (api, module_index, module_segment, params_at) = match located {
@@ -216,6 +254,7 @@ async fn route(
             remote,
             id: id.clone(),
             uuid,
+            role: "admin",
         },
         selected,
         &segs[params_at..],
@@ -225,6 +264,113 @@ async fn route(
     match called {
         Ok(resp) => Ok((resp, label)),
         Err(e) => Err((e, label)),
+    }
+}
+
+/// A tenant's call: routed in its view (its modules over the admin's), run in its process
+/// for its own modules and in this interpreter for the admin's.
+#[allow(clippy::too_many_arguments)]
+async fn route_tenant(
+    app: &App,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    id: &RequestId,
+    uuid: Option<String>,
+    view: &View,
+    segs: &[String],
+    verb: Verb,
+) -> Result<Routed, Failed> {
+    let table = tenant_table(app, view).await;
+    let located = match table.locate(segs) {
+        Ok(l) => l,
+        Err(e) => {
+            if view.exec.lost() {
+                return Err((lost_view(), None));
+            }
+            return Err((e, None));
+        }
+    };
+    let (api, module_index, module_segment, params_at) = match located {
+        Located::Dir(only) => {
+            return match verb {
+                Verb::Call(Method::Get) | Verb::Head => Ok((
+                    response::json_value(StatusCode::OK, &table.dir(only)),
+                    Some("__dir__".into()),
+                )),
+                Verb::Options => Ok((
+                    response::options("GET, HEAD, OPTIONS"),
+                    Some("__dir__".into()),
+                )),
+                Verb::Call(m) => Err((
+                    ApiError::MethodUndefined {
+                        api: "__dir__".into(),
+                        method: m.as_str().into(),
+                        allow: MethodSet::only(Method::Get),
+                    },
+                    None,
+                )),
+            };
+        }
+        Located::Api {
+            api,
+            module,
+            module_segment,
+            params_at,
+        } => (api, module, module_segment, params_at),
+    };
+    let method = match verb {
+        Verb::Options => {
+            let allow = table.allowed(&api, module_index);
+            return Ok((response::options(&allow.to_string()), Some(api.into())));
+        }
+        Verb::Head => Method::Get,
+        Verb::Call(m) => m,
+    };
+    let selected = table
+        .select(&api, module_index, method)
+        .map_err(|e| (e, Some(api.as_str().into())))?;
+    let label = Some(Arc::clone(&selected.endpoint().label));
+    let called = call(
+        app,
+        req,
+        Caller {
+            remote,
+            id: id.clone(),
+            uuid,
+            role: "tenant",
+        },
+        selected,
+        &segs[params_at..],
+        module_segment,
+    )
+    .await;
+    match called {
+        Ok(resp) => Ok((resp, label)),
+        Err(e) => Err((e, label)),
+    }
+}
+
+/// The tenant's layered table, with both owners' files checked fresh.
+async fn tenant_table(app: &App, view: &View) -> Arc<RouteTable> {
+    let admin = app.registry.snapshot().await;
+    let admin = if app.registry.files_current(&admin) {
+        admin
+    } else {
+        app.registry.sync(&[]).await
+    };
+    let own = view.registry.snapshot().await;
+    let own = if view.registry.files_current(&own) {
+        own
+    } else {
+        view.registry.sync(&[]).await
+    };
+    view.table(&admin, &own)
+}
+
+/// The tenant's process died under this view (its next request gets a new one).
+fn lost_view() -> ApiError {
+    ApiError::WorkerLost {
+        api: "this call".into(),
     }
 }
 
@@ -331,11 +477,12 @@ async fn select(
     pick(&snap)
 }
 
-/// Who is calling: the peer, the request id and the uuid segment of the URL.
+/// Who is calling: the peer, the request id, the uuid segment of the URL and its role.
 struct Caller {
     remote: SocketAddr,
     id: RequestId,
     uuid: Option<String>,
+    role: &'static str,
 }
 
 /// Reads the body, marshals the call, runs it and writes the response.
@@ -347,7 +494,12 @@ async fn call(
     params: &[String],
     module_segment: Option<String>,
 ) -> Result<Response<RespBody>, ApiError> {
-    let Caller { remote, id, uuid } = caller;
+    let Caller {
+        remote,
+        id,
+        uuid,
+        role,
+    } = caller;
     let config = &app.config;
     let endpoint = selected.endpoint();
     if let Some(err) = &selected.module.import_error {
@@ -400,13 +552,26 @@ async fn call(
         json: json_body,
         remote,
         uuid,
-        role: Some("admin"),
+        role: Some(role),
         id: id.clone(),
     });
 
-    let dispatch = app
-        .host
-        .call(Arc::clone(&selected.module), selected.endpoint, args, info);
+    let remote_code = selected
+        .module
+        .code
+        .as_ref()
+        .is_some_and(|c| c.get::<RemoteModule>().is_some());
+    let dispatch = if remote_code {
+        TenantExec::call(
+            &selected.module,
+            selected.endpoint,
+            &args,
+            crate::sandboxed::wire_request(&info),
+        )
+    } else {
+        app.host
+            .call(Arc::clone(&selected.module), selected.endpoint, args, info)
+    };
     let outcome = match dispatch {
         Dispatch::Done(result) => result,
         Dispatch::Pending(rx, interrupt) => {
@@ -491,6 +656,9 @@ async fn call(
         Err(CallFailure::TimedOut) => Err(ApiError::Timeout {
             api: endpoint.api.clone(),
             secs: config.max_function_time.as_secs_f64(),
+        }),
+        Err(CallFailure::WorkerLost) => Err(ApiError::WorkerLost {
+            api: endpoint.api.clone(),
         }),
         Err(CallFailure::Internal(detail)) => Err(ApiError::Internal(detail)),
     }

@@ -328,7 +328,7 @@ fn reap(index: usize, slot: &mut Slot, now: Instant) {
 }
 
 /// mimalloc settings a worker starts with (see `spawn`).
-const MIMALLOC_DEFAULTS: [(&str, &str); 2] = [
+pub const MIMALLOC_DEFAULTS: [(&str, &str); 2] = [
     ("MIMALLOC_ARENA_RESERVE", "64M"),
     ("MIMALLOC_PURGE_DELAY", "0"),
 ];

@@ -8,6 +8,7 @@ pub mod code;
 pub mod load;
 pub mod outcome;
 pub mod schedule;
+pub mod wire;
 
 pub use code::CodeRef;
 pub use load::{

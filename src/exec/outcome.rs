@@ -31,6 +31,8 @@ pub enum CallFailure {
     Overloaded,
     /// An inline call ran past `MAX_FUNCTION_SECS` (stopped by the watchdog, or just slow).
     TimedOut,
+    /// The process running the call died (a tenant process that crashed or was killed).
+    WorkerLost,
     /// A fault of dpms itself.
     Internal(String),
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::owner::{self, Scope, Verdict};
 use super::watcher::{
     package_files, package_key, ChangeQueue, Changes, DirState, FileState, FolderWatcher, WatchPlan,
 };
@@ -30,6 +31,8 @@ struct TrackedFile {
     stem: String,
     path: PathBuf,
     state: Arc<FileState>,
+    /// What the file does in this registry's scope, from its `__ID__` (read once per content).
+    verdict: Verdict,
 }
 
 /// A package folder inside a plugin folder: what plugins import from it, file by file.
@@ -76,6 +79,8 @@ pub struct Snapshot {
     dirs: Vec<DirState>,
     files: Vec<TrackedFile>,
     packages: Vec<TrackedPackage>,
+    /// Files of other owners (`<file>.py`, the `__ID__` they name), for the admin's `__dir__`.
+    foreign: Vec<(String, String)>,
     /// File stem → index in `files`: requests look files up by name while a mass change with
     /// thousands of names is pending.
     by_stem: HashMap<String, usize>,
@@ -93,11 +98,19 @@ impl Snapshot {
             .enumerate()
             .map(|(i, f)| (f.stem.clone(), i))
             .collect();
+        let foreign = files
+            .iter()
+            .filter_map(|f| match &f.verdict {
+                Verdict::Foreign(owner) => Some((format!("{}.py", f.stem), owner.clone())),
+                _ => None,
+            })
+            .collect();
         Snapshot {
             table,
             dirs,
             files,
             packages,
+            foreign,
             by_stem,
         }
     }
@@ -112,13 +125,18 @@ impl Snapshot {
 
     /// What the Python finder may import from the plugin folders: stem → file (a package's
     /// `__init__.py`).
-    fn finder_map(files: &[TrackedFile], packages: &[TrackedPackage]) -> Vec<FinderEntry> {
+    fn finder_map(
+        files: &[TrackedFile],
+        packages: &[TrackedPackage],
+        scope: Scope,
+    ) -> Vec<FinderEntry> {
         files
             .iter()
+            .filter(|f| f.verdict == Verdict::Load)
             .map(|f| FinderEntry {
                 name: f.stem.clone(),
                 path: f.path.display().to_string(),
-                source: None,
+                source: scope.sends_sources().then(|| Arc::clone(&f.state.source)),
             })
             .chain(packages.iter().map(|p| FinderEntry {
                 name: p.name.clone(),
@@ -130,6 +148,11 @@ impl Snapshot {
 
     /// For an unknown API: a plugin file that does not import and whose source names `api`
     /// in quotes (`API="api"`), with its error: the likely reason the API is missing.
+    /// Files of other owners: `(<file>.py, the `__ID__` it names)`.
+    pub fn foreign(&self) -> &[(String, String)] {
+        &self.foreign
+    }
+
     pub fn broken_mention(&self, api: &str) -> Option<(String, String)> {
         let quoted = [format!("\"{api}\""), format!("'{api}'")];
         self.table
@@ -196,6 +219,8 @@ impl Snapshot {
 pub struct Registry {
     config: Arc<Config>,
     loader: Arc<dyn Loader>,
+    /// Which files this registry loads (SPEC §7 ownership).
+    scope: Scope,
     current: RwLock<Arc<Snapshot>>,
     /// Held for the whole of a reload: one reload at a time.
     reload_lock: tokio::sync::Mutex<()>,
@@ -217,9 +242,16 @@ pub struct Registry {
 
 impl Registry {
     /// Loads every plugin and, unless reloading is off, starts watching the folders.
-    pub async fn start(config: Arc<Config>, loader: Arc<dyn Loader>) -> Arc<Registry> {
+    pub async fn start(
+        config: Arc<Config>,
+        loader: Arc<dyn Loader>,
+        scope: Scope,
+    ) -> Arc<Registry> {
+        // A tenant's registry has no background reloads: its requests check its files.
+        let background = !matches!(scope, Scope::Tenant(_));
         let (wake, woken) = match config.reload {
             ReloadMode::Never => (None, None),
+            _ if !background => (None, None),
             _ => {
                 let (tx, rx) = tokio::sync::mpsc::channel(1);
                 (Some(tx), Some(rx))
@@ -228,6 +260,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             config: Arc::clone(&config),
             loader,
+            scope,
             current: RwLock::new(Arc::new(Snapshot::empty())),
             reload_lock: tokio::sync::Mutex::new(()),
             dirty: Arc::new(AtomicBool::new(false)),
@@ -625,10 +658,12 @@ impl Registry {
                 None => match FileState::read(path) {
                     Ok(state) => {
                         changed.insert(stem.clone());
+                        let verdict = self.scope.verdict(&owner::declared(&state.source));
                         files.push(TrackedFile {
                             stem: stem.clone(),
                             path: path.clone(),
                             state: Arc::new(state),
+                            verdict,
                         });
                     }
                     Err(e) => problems.push(FileProblem {
@@ -686,7 +721,7 @@ impl Registry {
 
         let requests: Vec<LoadRequest> = files
             .iter()
-            .filter(|f| affected.contains(&f.stem))
+            .filter(|f| affected.contains(&f.stem) && f.verdict == Verdict::Load)
             .map(|f| LoadRequest {
                 name: f.stem.clone(),
                 path: f.path.display().to_string(),
@@ -694,10 +729,18 @@ impl Registry {
             })
             .collect();
         // The finder's stem -> path map changes only when files or packages come or go.
-        let map = Snapshot::finder_map(&files, &packages);
-        let file_map = (map != Snapshot::finder_map(&old.files, &old.packages)).then_some(map);
+        let map = Snapshot::finder_map(&files, &packages, self.scope);
+        let file_map =
+            (map != Snapshot::finder_map(&old.files, &old.packages, self.scope)).then_some(map);
         let mut forget = removed.clone();
         forget.extend(changed_packages.iter().cloned());
+        // A module whose file now names another owner is gone from this scope.
+        forget.extend(
+            files
+                .iter()
+                .filter(|f| f.verdict != Verdict::Load && old_modules_named(&old, &f.stem))
+                .map(|f| f.stem.clone()),
+        );
         let mut pending: HashSet<String> = affected.clone();
         pending.extend(forget.iter().cloned());
         self.load_state
@@ -730,6 +773,18 @@ impl Registry {
         for (i, f) in files.iter().enumerate() {
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
+            }
+            match &f.verdict {
+                Verdict::Load => {}
+                Verdict::Invalid(why) => {
+                    problems.push(FileProblem {
+                        key: format!("{}.py", f.stem),
+                        status: "error",
+                        error: why.clone(),
+                    });
+                    continue;
+                }
+                Verdict::Foreign(_) | Verdict::Ignore => continue,
             }
             match loaded.remove(&f.stem) {
                 None => {
@@ -906,6 +961,30 @@ impl LastGood {
             _ => None,
         }
     }
+}
+
+/// Whether the old route table has a module of that name.
+fn old_modules_named(old: &Snapshot, stem: &str) -> bool {
+    old.table.modules().iter().any(|m| m.name == stem)
+}
+
+/// A route-table module for a description loaded outside any registry (a tenant's process,
+/// which has the source but no folder): the same checks, so endpoint indexes agree with the
+/// host's table built from the same description.
+pub fn module_from(
+    stem: &str,
+    path: &std::path::Path,
+    source: Arc<Vec<u8>>,
+    d: Description,
+    code: CodeRef,
+) -> Module {
+    let file = TrackedFile {
+        stem: stem.to_string(),
+        path: path.to_path_buf(),
+        state: Arc::new(FileState::in_memory(source)),
+        verdict: Verdict::Load,
+    };
+    build_module(&file, d, Some(code))
 }
 
 /// Turns a module description into a route-table module, checking each endpoint.

@@ -82,6 +82,22 @@ pub struct FileState {
 impl FileState {
     /// Reads a file, fingerprinting it *before* reading so a write during the read shows up as
     /// a change at the next check.
+    /// A state for bytes that came without a file (a tenant's process gets its modules' bytes
+    /// over its channel): never current for any path.
+    pub fn in_memory(source: Arc<Vec<u8>>) -> FileState {
+        FileState {
+            fingerprint: std::sync::Mutex::new(Fingerprint {
+                dev: 0,
+                ino: 0,
+                size: u64::MAX,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            }),
+            source,
+            verified_ns: AtomicI64::new(0),
+        }
+    }
+
     pub fn read(path: &Path) -> std::io::Result<FileState> {
         let verified = now_ns();
         let fingerprint = Fingerprint::of(path)?;

@@ -106,18 +106,27 @@ pub enum Dispatch {
 }
 
 /// Stops a call that ran past its deadline.
-pub struct Interrupt {
-    call: Arc<Call>,
-    watchdog: Arc<Watchdog>,
+pub enum Interrupt {
+    /// A call in this process's interpreter.
+    Watchdog {
+        call: Arc<Call>,
+        watchdog: Arc<Watchdog>,
+    },
+    /// A call in another process, which is stopped by killing that process.
+    Kill(Arc<dyn Fn() + Send + Sync>),
 }
 
 impl Interrupt {
-    /// Hands the call to the watchdog, which raises `CallTimeout` inside the Python thread
-    /// still running it, so a pure-Python runaway loop stops burning CPU and frees its thread;
-    /// gives the thread up if the call is blocked outside Python, and retires the worker if it
-    /// is stuck in C holding the GIL. Never blocks.
+    /// In this process: hands the call to the watchdog, which raises `CallTimeout` inside
+    /// the Python thread still running it, so a pure-Python runaway loop stops burning CPU and
+    /// frees its thread; gives the thread up if the call is blocked outside Python, and
+    /// retires the worker if it is stuck in C holding the GIL. In a tenant's process: kills
+    /// it (with its pid namespace). Never blocks.
     pub fn interrupt(&self) {
-        self.watchdog.abandon(Arc::clone(&self.call));
+        match self {
+            Interrupt::Watchdog { call, watchdog } => watchdog.abandon(Arc::clone(call)),
+            Interrupt::Kill(kill) => kill(),
+        }
     }
 }
 
@@ -220,7 +229,7 @@ impl PyHost {
     }
 
     fn interrupt(&self, call: Arc<Call>) -> Interrupt {
-        Interrupt {
+        Interrupt::Watchdog {
             call,
             watchdog: Arc::clone(&self.watchdog),
         }

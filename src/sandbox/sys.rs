@@ -136,6 +136,21 @@ pub(super) fn fork_into_pid_namespace() -> Result<(), SandboxError> {
         // SAFETY: the middle process ends here without touching shared state.
         unsafe { libc::_exit(code) }
     }
+    // The host kills the namespace by killing the middle process, its own child: pid 1 then
+    // dies with it, and the kernel kills everything else in the namespace.
+    // SAFETY: prctl with plain integer arguments.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(SandboxError::os("pid_namespace"));
+    }
     Ok(())
 }
 

@@ -1,0 +1,423 @@
+//! The sandboxed executor: a tenant's modules loaded and called in that tenant's own process
+//! (`dpms tenant-proc`, see [`crate::tenant_proc`]), over the framed channel of [`crate::ipc`].
+//!
+//! The host owns the process and trusts nothing it says: a frame that does not parse, an
+//! answer to a question never asked or a description that is not JSON kills it (SPEC §11.8),
+//! and every call it had in flight answers 502 `worker_lost` (§11.7). Deadlines are the host's:
+//! past `MAX_FUNCTION_SECS` the process is killed with its pid namespace (§11.6), whatever the
+//! code inside does. The process is killed through its parent (the waiting middle process of
+//! `sandbox::enter`), whose death takes pid 1 of the namespace with it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::process::CommandExt;
+use std::pin::Pin;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::exec::wire::{
+    files_to_wire, requests_to_wire, FromTenant, Start, ToTenant, WireArgs, WireLoaded, WireRequest,
+};
+use crate::exec::{CallFailure, CodeRef, FinderEntry, LoadRequest, Loaded, Loader, Report};
+use crate::marshal::CallArgs;
+use crate::pyhost::{Dispatch, Interrupt};
+use crate::router::Module;
+use crate::tenant_proc::MAX_FRAME;
+
+/// The descriptor number the channel has in the tenant process.
+const CHANNEL_FD: i32 = 3;
+
+/// How long a new process may take to enter its sandbox and start Python.
+const START_TIME: Duration = Duration::from_secs(20);
+
+/// One running tenant process.
+pub struct TenantProcess {
+    /// The host pid of the process started (the sandbox's waiting middle process).
+    pid: libc::pid_t,
+    out: mpsc::UnboundedSender<ToTenant>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<FromTenant>>>,
+    next_id: AtomicU64,
+    dead: AtomicBool,
+}
+
+impl TenantProcess {
+    /// Starts a tenant process from this binary and waits until it is in its sandbox with
+    /// Python running. Call it from a thread that lives as long as the worker (the process
+    /// dies with the thread that started it).
+    pub async fn start(start: Start) -> Result<Arc<TenantProcess>, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find dpms itself: {e}"))?;
+        let (ours, theirs) = crate::ipc::socket_pair().map_err(|e| e.to_string())?;
+        let fd = theirs.as_raw_fd();
+        let stderr = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["tenant-proc", "--channel", &CHANNEL_FD.to_string()])
+            .env_clear()
+            // The allocator's settings, read before `main`: without them it reserves address
+            // space a gigabyte at a time, which the tenant's RLIMIT_AS counts in full. Fixed
+            // values, never a secret (SPEC §10: `/proc/<pid>/environ` shows this block).
+            .envs(crate::supervisor::MIMALLOC_DEFAULTS)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stderr));
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                    || libc::dup2(fd, CHANNEL_FD) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dup2 leaves the new descriptor without close-on-exec: it is inherited.
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start a tenant process: {e}"))?;
+        drop(theirs);
+        let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+        // Reaped by a thread of its own: the worker's runtime has no child-process driver.
+        let _ = std::thread::Builder::new()
+            .name("dpms-t-reap".into())
+            .spawn(move || {
+                let _ = child.wait();
+            });
+        let reader = ours.try_clone().map_err(|e| e.to_string())?;
+        let mut first = crate::ipc::Sender::<Start>::new(
+            ours.try_clone().map_err(|e| e.to_string())?,
+            MAX_FRAME,
+        );
+        first.send(&start).map_err(|e| e.to_string())?;
+        let mut rx = crate::ipc::Receiver::<FromTenant>::new(reader, MAX_FRAME)
+            .into_async()
+            .map_err(|e| e.to_string())?;
+        let mut tx = crate::ipc::Sender::<ToTenant>::new(ours, MAX_FRAME)
+            .into_async()
+            .map_err(|e| e.to_string())?;
+        let kill = || kill_pid(pid);
+        match tokio::time::timeout(START_TIME, rx.recv()).await {
+            Ok(Ok(FromTenant::Ready { .. })) => {}
+            Ok(Ok(other)) => {
+                kill();
+                return Err(format!("the tenant process spoke out of turn: {other:?}"));
+            }
+            Ok(Err(e)) => {
+                kill();
+                return Err(format!("the tenant process did not start: {e}"));
+            }
+            Err(_) => {
+                kill();
+                return Err("the tenant process did not start in time".into());
+            }
+        }
+        let (out, mut queue) = mpsc::unbounded_channel::<ToTenant>();
+        let process = Arc::new(TenantProcess {
+            pid,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dead: AtomicBool::new(false),
+        });
+        let writer = Arc::downgrade(&process);
+        tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                if tx.send(&message).await.is_err() {
+                    if let Some(p) = writer.upgrade() {
+                        p.kill();
+                    }
+                    break;
+                }
+            }
+        });
+        let reading = Arc::downgrade(&process);
+        tokio::spawn(async move {
+            loop {
+                let message = rx.recv().await;
+                let Some(p) = reading.upgrade() else { break };
+                let id = match &message {
+                    Ok(FromTenant::Loaded { id, .. } | FromTenant::Done { id, .. }) => Some(*id),
+                    _ => None,
+                };
+                let waiter = id.and_then(|id| p.take_pending(id));
+                match (message, waiter) {
+                    (Ok(m), Some(w)) => {
+                        let _ = w.send(m);
+                    }
+                    (Ok(m), None) => {
+                        tracing::warn!(pid = p.pid, message = ?m, "tenant process sent an unexpected message; killing it");
+                        p.kill();
+                        break;
+                    }
+                    (Err(e), _) => {
+                        if !matches!(e, crate::ipc::Error::Closed)
+                            || !p.dead.load(Ordering::Acquire)
+                        {
+                            tracing::warn!(pid = p.pid, error = %e, "tenant process channel failed; killing it");
+                        }
+                        p.kill();
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(process)
+    }
+
+    fn take_pending(&self, id: u64) -> Option<oneshot::Sender<FromTenant>> {
+        self.pending.lock().ok()?.remove(&id)
+    }
+
+    /// Whether the process is gone (killed, crashed or its channel broken).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// The host pid of the process (its sandbox's middle process).
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Kills the process and its whole pid namespace; every call in flight gets `worker_lost`.
+    pub fn kill(&self) {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            kill_pid(self.pid);
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.clear();
+        }
+    }
+
+    /// Sends one request and returns where its answer arrives (dropped if the process dies).
+    fn ask(&self, make: impl FnOnce(u64) -> ToTenant) -> oneshot::Receiver<FromTenant> {
+        let (reply, rx) = oneshot::channel();
+        if self.is_dead() {
+            return rx;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, reply);
+        }
+        if self.out.send(make(id)).is_err() {
+            self.kill();
+        }
+        rx
+    }
+}
+
+impl Drop for TenantProcess {
+    fn drop(&mut self) {
+        if !self.dead.swap(true, Ordering::AcqRel) {
+            kill_pid(self.pid);
+        }
+    }
+}
+
+fn kill_pid(pid: libc::pid_t) {
+    if pid > 0 {
+        // SAFETY: kill(2) on the pid of our own child (a pid reaped and reused in between
+        // is the window every `kill` of a child has).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The plain-data copy of a request a tenant's process receives.
+pub fn wire_request(info: &crate::pyhost::RequestInfo) -> WireRequest {
+    WireRequest {
+        method: info.method.as_str().to_string(),
+        target: info
+            .uri
+            .path_and_query()
+            .map_or_else(|| info.uri.path().to_string(), |p| p.as_str().to_string()),
+        headers: info
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    crate::exec::wire::B64(v.as_bytes().to_vec()),
+                )
+            })
+            .collect(),
+        body: crate::exec::wire::B64(info.body.to_vec()),
+        json: info.json.clone(),
+        remote: info.remote.to_string(),
+        uuid: info.uuid.clone(),
+        role: info.role.map(str::to_string),
+        id: info.id.as_str().to_string(),
+    }
+}
+
+/// A tenant module's code, as the route table holds it: which process loaded it.
+pub struct RemoteModule {
+    pub process: Arc<TenantProcess>,
+}
+
+/// What a tenant's process needs to start, but its secrets.
+pub type Starter =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Start, String>> + Send>> + Send + Sync>;
+
+/// One tenant's executor: its process (started at the first load) and how to start another.
+pub struct TenantExec {
+    starter: Starter,
+    process: tokio::sync::Mutex<Option<Arc<TenantProcess>>>,
+}
+
+impl TenantExec {
+    pub fn new(starter: Starter) -> TenantExec {
+        TenantExec {
+            starter,
+            process: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the process this executor loaded modules into is gone.
+    pub fn lost(&self) -> bool {
+        match self.process.try_lock() {
+            Ok(p) => p.as_ref().is_some_and(|p| p.is_dead()),
+            Err(_) => false,
+        }
+    }
+
+    /// Kills the process, if any (the tenant is removed, disabled or idle).
+    pub fn stop(&self) {
+        if let Ok(p) = self.process.try_lock() {
+            if let Some(p) = p.as_ref() {
+                p.kill();
+            }
+        }
+    }
+
+    /// The host pid of the current process, if one runs.
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        self.process
+            .try_lock()
+            .ok()
+            .and_then(|p| p.as_ref().filter(|p| !p.is_dead()).map(|p| p.pid()))
+    }
+
+    async fn process(&self) -> Result<Arc<TenantProcess>, String> {
+        let mut slot = self.process.lock().await;
+        if let Some(p) = slot.as_ref() {
+            if !p.is_dead() {
+                return Ok(Arc::clone(p));
+            }
+            // Modules loaded into the dead process are gone with it: the view is rebuilt.
+            return Err("the tenant process died".into());
+        }
+        let start = (self.starter)().await?;
+        let p = TenantProcess::start(start).await?;
+        *slot = Some(Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// Runs one call in the tenant's process. The caller applies the deadline; the interrupt
+    /// kills the process.
+    pub fn call(
+        module: &Module,
+        endpoint: usize,
+        args: &CallArgs,
+        request: WireRequest,
+    ) -> Dispatch {
+        let Some(remote) = module.code.as_ref().and_then(|c| c.get::<RemoteModule>()) else {
+            return Dispatch::Done(Err(CallFailure::Internal(format!(
+                "module `{}` has no loaded code",
+                module.name
+            ))));
+        };
+        let process = Arc::clone(&remote.process);
+        if process.is_dead() {
+            return Dispatch::Done(Err(CallFailure::WorkerLost));
+        }
+        let answer = process.ask(|id| ToTenant::Call {
+            id,
+            module: module.name.clone(),
+            endpoint,
+            args: WireArgs::from_call(args),
+            request,
+        });
+        let (reply, rx) = oneshot::channel();
+        let watched = Arc::clone(&process);
+        tokio::spawn(async move {
+            let result = match answer.await {
+                Ok(FromTenant::Done { result, .. }) => result.into_result(),
+                Ok(other) => {
+                    tracing::warn!(message = ?other, "tenant process answered a call with another message; killing it");
+                    watched.kill();
+                    Err(CallFailure::WorkerLost)
+                }
+                Err(_) => Err(CallFailure::WorkerLost),
+            };
+            let _ = reply.send(result);
+        });
+        let killer = Arc::clone(&process);
+        Dispatch::Pending(rx, Interrupt::Kill(Arc::new(move || killer.kill())))
+    }
+}
+
+impl Loader for TenantExec {
+    fn load(
+        &self,
+        files: Option<Vec<FinderEntry>>,
+        forget: Vec<String>,
+        requests: Vec<LoadRequest>,
+    ) -> Pin<Box<dyn Future<Output = crate::exec::load::LoadResult> + Send + '_>> {
+        Box::pin(async move {
+            let process = self.process().await?;
+            let answer = process.ask(|id| ToTenant::Load {
+                id,
+                files: files.as_deref().map(files_to_wire),
+                forget,
+                requests: requests_to_wire(&requests),
+            });
+            let reports = match answer.await {
+                Ok(FromTenant::Loaded { result, .. }) => result?,
+                Ok(_) | Err(_) => {
+                    process.kill();
+                    return Err("the tenant process stopped while loading".into());
+                }
+            };
+            if reports.len() != requests.len() {
+                process.kill();
+                return Err("the tenant process answered a load with the wrong count".into());
+            }
+            let mut loaded = Vec::with_capacity(reports.len());
+            for report in reports {
+                loaded.push(match report {
+                    WireLoaded::Ok { json } => match serde_json::from_str::<Report>(&json) {
+                        Ok(Report::Ok(description)) => Loaded::Ok {
+                            description,
+                            json,
+                            code: CodeRef::new(RemoteModule {
+                                process: Arc::clone(&process),
+                            }),
+                        },
+                        _ => {
+                            process.kill();
+                            return Err("the tenant process sent a bad module description".into());
+                        }
+                    },
+                    WireLoaded::ImportError { error, traceback } => {
+                        Loaded::ImportError { error, traceback }
+                    }
+                    WireLoaded::Refused { error } => Loaded::Refused { error },
+                });
+            }
+            Ok(loaded)
+        })
+    }
+}

@@ -1,0 +1,324 @@
+//! Tenancy on the request path (SPEC §7), one instance per worker: who a uuid is, from an
+//! in-memory copy of the tenant registry that is exact (re-read when the registry's
+//! cross-process generation moves, so a change by the API or the CLI is seen by every worker
+//! from its next request), and each active tenant's view: its own plugin registry (the files
+//! whose `__ID__` names it) loaded into its own sandboxed process, layered over the admin's
+//! modules.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::exec::wire::Start;
+use crate::plugins::owner::Scope;
+use crate::plugins::{Registry, Snapshot};
+use crate::router::RouteTable;
+use crate::sandboxed::{Starter, TenantExec};
+use crate::store;
+
+/// Address space of a tenant process (`RLIMIT_AS`).
+const TENANT_MEMORY: u64 = 1 << 30;
+/// Size of a tenant's scratch tmpfs.
+const SCRATCH_BYTES: u64 = 64 << 20;
+/// Python threads in a tenant process.
+const TENANT_THREADS: usize = 4;
+/// How long an unused tenant keeps its process.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// Who a request's uuid names.
+pub enum Caller {
+    Admin,
+    Tenant(Uuid, Arc<View>),
+}
+
+/// Why a uuid could not be resolved.
+pub enum Refused {
+    /// Not the admin and not an enabled tenant (one answer for all of these, SPEC §7).
+    Unknown,
+    /// The registry cannot be read: fail closed.
+    Unavailable(String),
+    /// Tenant code cannot run on this machine (SPEC §11.9).
+    NoSandbox(String),
+}
+
+/// One tenant's modules as this worker serves them.
+pub struct View {
+    pub registry: Arc<Registry>,
+    pub exec: Arc<TenantExec>,
+    /// Seconds since the worker started, at the last request.
+    last_used: AtomicU64,
+    /// The layered table for the last pair of snapshots it was built from.
+    layered: Mutex<Option<Layered>>,
+}
+
+struct Layered {
+    admin: std::sync::Weak<Snapshot>,
+    tenant: std::sync::Weak<Snapshot>,
+    table: Arc<RouteTable>,
+}
+
+impl View {
+    /// The tenant's modules over the admin's (a tenant's name shadows the admin's), built
+    /// once per pair of snapshots.
+    pub fn table(&self, admin: &Arc<Snapshot>, tenant: &Arc<Snapshot>) -> Arc<RouteTable> {
+        let mut slot = match self.layered.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(l) = slot.as_ref() {
+            if std::ptr::eq(l.admin.as_ptr(), Arc::as_ptr(admin))
+                && std::ptr::eq(l.tenant.as_ptr(), Arc::as_ptr(tenant))
+            {
+                return Arc::clone(&l.table);
+            }
+        }
+        let table = Arc::new(RouteTable::layered(&tenant.table, &admin.table));
+        *slot = Some(Layered {
+            admin: Arc::downgrade(admin),
+            tenant: Arc::downgrade(tenant),
+            table: Arc::clone(&table),
+        });
+        table
+    }
+}
+
+/// This worker's tenancy state.
+pub struct Tenants {
+    config: Arc<Config>,
+    store: Result<Arc<store::Registry>, String>,
+    known: Mutex<Option<Arc<store::Snapshot>>>,
+    views: Mutex<HashMap<Uuid, Arc<View>>>,
+    /// Sandbox layers this kernel lacks; tenant code does not run when any is.
+    missing: Vec<&'static str>,
+    started: Instant,
+}
+
+impl Tenants {
+    /// Opens the registry (a failure is kept: calls that need it answer 503) and probes the
+    /// kernel's sandbox layers once.
+    pub fn new(config: Arc<Config>) -> Arc<Tenants> {
+        let store = store::Registry::open(&config.data_dir)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Err(e) = &store {
+            tracing::error!(cause = %e, "tenant registry unavailable: tenant calls answer 503");
+        }
+        let missing = crate::sandbox::probe().missing();
+        if !missing.is_empty()
+            && crate::state_dir::first_to_log(config.state_dir.as_deref(), "sandbox layers")
+        {
+            tracing::error!(missing = ?missing, "sandbox layers missing: tenant code will not run; the admin's modules keep serving");
+        }
+        let tenants = Arc::new(Tenants {
+            config,
+            store,
+            known: Mutex::new(None),
+            views: Mutex::new(HashMap::new()),
+            missing,
+            started: Instant::now(),
+        });
+        let weak = Arc::downgrade(&tenants);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let Some(t) = weak.upgrade() else { break };
+                t.reap();
+            }
+        });
+        tenants
+    }
+
+    /// The sandbox layers this machine lacks.
+    pub fn missing_layers(&self) -> &[&'static str] {
+        &self.missing
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The registry as of now: re-read only when another write happened.
+    async fn known(&self) -> Result<Arc<store::Snapshot>, String> {
+        let store = self.store.as_ref().map_err(Clone::clone)?;
+        let generation = store.generation();
+        if let Some(k) = self.lock_known().as_ref() {
+            if k.generation == generation {
+                return Ok(Arc::clone(k));
+            }
+        }
+        // Off the I/O thread: the request path never blocks on SQLite.
+        let reading = Arc::clone(store);
+        let snap = tokio::task::spawn_blocking(move || reading.snapshot())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let snap = Arc::new(snap);
+        *self.lock_known() = Some(Arc::clone(&snap));
+        self.forget_unknown(&snap);
+        Ok(snap)
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, Option<Arc<store::Snapshot>>> {
+        match self.known.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn lock_views(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<View>>> {
+        match self.views.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Stops the processes of tenants removed or disabled since the last read.
+    fn forget_unknown(&self, snap: &store::Snapshot) {
+        self.lock_views().retain(|uuid, view| {
+            let keep = snap.is_enabled(uuid);
+            if !keep {
+                view.exec.stop();
+            }
+            keep
+        });
+    }
+
+    /// Stops tenants idle past their time.
+    fn reap(&self) {
+        let now = self.now();
+        self.lock_views().retain(|_, view| {
+            let idle = now.saturating_sub(view.last_used.load(Ordering::Relaxed));
+            let keep = Duration::from_secs(idle) < IDLE;
+            if !keep {
+                view.exec.stop();
+            }
+            keep
+        });
+    }
+
+    /// Who `segment` (a uuid in the URL) is.
+    pub async fn resolve(self: &Arc<Self>, segment: &str) -> Result<Caller, Refused> {
+        let Ok(uuid) = Uuid::parse_str(segment) else {
+            return Err(Refused::Unknown);
+        };
+        if Some(uuid) == self.config.admin_id {
+            return Ok(Caller::Admin);
+        }
+        let known = self.known().await.map_err(Refused::Unavailable)?;
+        if !known.is_enabled(&uuid) {
+            return Err(Refused::Unknown);
+        }
+        if !self.missing.is_empty() {
+            return Err(Refused::NoSandbox(format!(
+                "Tenant code cannot run here: sandbox layers missing ({}).",
+                self.missing.join(", ")
+            )));
+        }
+        let existing = self.lock_views().get(&uuid).map(Arc::clone);
+        let view = match existing {
+            Some(v) if !v.exec.lost() => v,
+            _ => {
+                let v = self.open_view(uuid).await;
+                self.lock_views().insert(uuid, Arc::clone(&v));
+                v
+            }
+        };
+        view.last_used.store(self.now(), Ordering::Relaxed);
+        Ok(Caller::Tenant(uuid, view))
+    }
+
+    /// A new view of `uuid`: its registry loads its files into a new process.
+    async fn open_view(self: &Arc<Self>, uuid: Uuid) -> Arc<View> {
+        let exec = Arc::new(TenantExec::new(self.starter(uuid)));
+        let mut config = (*self.config).clone();
+        // Its freshness is checked with stat on each of its requests: no inotify instance
+        // and no watcher thread per tenant.
+        config.watch_inotify = false;
+        config.state_dir = None;
+        let registry = Registry::start(
+            Arc::new(config),
+            Arc::clone(&exec) as Arc<dyn crate::exec::Loader>,
+            Scope::Tenant(uuid),
+        )
+        .await;
+        Arc::new(View {
+            registry,
+            exec,
+            last_used: AtomicU64::new(self.now()),
+            layered: Mutex::new(None),
+        })
+    }
+
+    /// How to start `uuid`'s process: its secrets are read when it starts (so a change
+    /// applies from the next process; SPEC §7 asks for the next call).
+    fn starter(self: &Arc<Self>, uuid: Uuid) -> Starter {
+        let tenants = Arc::downgrade(self);
+        Arc::new(move || {
+            let tenants = tenants.clone();
+            Box::pin(async move {
+                let t = tenants.upgrade().ok_or("the worker is stopping")?;
+                t.start_message(uuid).await
+            }) as Pin<Box<dyn Future<Output = Result<Start, String>> + Send>>
+        })
+    }
+
+    async fn start_message(&self, uuid: Uuid) -> Result<Start, String> {
+        let store = Arc::clone(self.store.as_ref().map_err(Clone::clone)?);
+        let secrets = tokio::task::spawn_blocking(move || store.secrets(uuid))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let c = &self.config;
+        let mut read_only: Vec<String> = [
+            "/usr/lib/python3.11",
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib/x86_64-linux-gnu",
+            "/lib64",
+            "/etc/ld.so.cache",
+            "/usr/share/zoneinfo",
+        ]
+        .iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .map(|p| p.to_string())
+        .collect();
+        let venv = c.venv.as_ref().map(|v| v.display().to_string());
+        if let Some(v) = &venv {
+            if std::path::Path::new(v).is_dir() {
+                read_only.push(v.clone());
+            }
+        }
+        let hex = uuid.simple().to_string();
+        Ok(Start {
+            tenant: uuid.to_string(),
+            host_uid: tenant_uid(uuid),
+            comm: format!("dpms-t-{}", &hex[..8]),
+            read_only,
+            scratch_bytes: SCRATCH_BYTES,
+            memory_bytes: Some(TENANT_MEMORY),
+            nofile: 256,
+            fsize_bytes: SCRATCH_BYTES,
+            nproc: 64,
+            secrets,
+            venv,
+            py_threads: TENANT_THREADS,
+            max_queued: 64,
+            max_function_ms: u64::try_from(c.max_function_time.as_millis()).unwrap_or(u64::MAX),
+            load_ms: u64::try_from(c.load_time.as_millis()).unwrap_or(u64::MAX),
+            relaxed: false,
+        })
+    }
+}
+
+/// The host uid of a tenant's processes: one per tenant (its own `RLIMIT_NPROC` count),
+/// derived from the uuid so every worker and every restart agree without coordination.
+fn tenant_uid(uuid: Uuid) -> u32 {
+    let b = uuid.as_bytes();
+    let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    crate::sandbox::TENANT_UID_BASE + 1 + n % 1_000_000
+}
