@@ -8,6 +8,7 @@
 //!   worker logs a message shared by all.
 //! - [`store`]: the tenant registry (SQLite in `DPMS_DATA_DIR`) and its cross-process change
 //!   counter; the one place state shared between processes and restarts lives.
+//! - [`tenancy`]: who may call what; so far the admin API (`/rest/admin/…`) over [`store`].
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
 //! - [`ipc`]: the framed, typed channel between the host and its child processes.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
@@ -44,6 +45,7 @@ pub mod state_dir;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tenancy;
 
 use std::sync::Arc;
 
@@ -82,6 +84,15 @@ pub fn run(
     // Before any plugin code runs: a child it forks must not keep the port.
     fork_guard::install(&listener);
     let config = Arc::new(config);
+    // The admin API's registry. One that does not open is logged and left out: the admin API
+    // then answers 503 (fail closed) while the plugins are served as usual.
+    let tenants = config.admin_id.and_then(|_| match store::Registry::open(&config.data_dir) {
+        Ok(registry) => Some(Arc::new(registry)),
+        Err(e) => {
+            tracing::error!(cause = %e, "tenant registry unavailable: the admin API answers 503");
+            None
+        }
+    });
     let host = Arc::new(pyhost::PyHost::start(&config, worker)?);
     let retired = Arc::new(tokio::sync::Notify::new());
     if let Some(notify_supervisor) = on_retire {
@@ -128,7 +139,7 @@ pub fn run(
                     .await;
                     log_summary(&config, &registry);
                     on_ready();
-                    let app = Arc::new(service::App::new(config, registry, host, worker));
+                    let app = Arc::new(service::App::new(config, registry, host, tenants, worker));
                     server::serve(listener, app, shutdown).await;
                     Ok(())
                 })

@@ -22,6 +22,7 @@ use crate::request_id::RequestId;
 use crate::response::{self, Body as RespBody};
 use crate::router::{is_uuid_segment, Located, Method, MethodSet, Selected};
 use crate::telemetry;
+use crate::tenancy::admin;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVICES_PREFIX: &str = "/rest/services";
@@ -33,6 +34,8 @@ pub struct App {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub host: Arc<PyHost>,
+    /// The tenant registry, when `ADMIN_ID` is set and it opened (else the admin API is 503).
+    pub tenants: Option<Arc<crate::store::Registry>>,
     /// This worker's index, as sent in `X-Dpms-Worker`.
     worker: HeaderValue,
     worker_index: usize,
@@ -45,12 +48,14 @@ impl App {
         config: Arc<Config>,
         registry: Arc<Registry>,
         host: Arc<PyHost>,
+        tenants: Option<Arc<crate::store::Registry>>,
         worker: usize,
     ) -> App {
         App {
             config,
             registry,
             host,
+            tenants,
             worker: HeaderValue::from(worker),
             worker_index: worker,
             access_log: telemetry::access_enabled(),
@@ -149,6 +154,27 @@ async fn route(
     let path = req.uri().path();
     if path == "/" {
         return index(verb).map_err(|e| (e, None));
+    }
+    // The admin API (SPEC §7); without ADMIN_ID its paths are unknown like any other.
+    if let Some(admin_id) = app.config.admin_id.filter(|_| admin::owns(path)) {
+        let path = path.to_string();
+        let (parts, body) = req.into_parts();
+        let (max, limit) = (app.config.max_body, app.config.body_time);
+        let body = async move {
+            tokio::time::timeout(limit, read_body(body, max))
+                .await
+                .unwrap_or(Err(ApiError::RequestTimeout {
+                    secs: limit.as_secs_f64(),
+                }))
+        };
+        let admin = admin::Admin {
+            admin_id,
+            registry: app.tenants.clone(),
+            modules: &admin::no_modules,
+            on_tenant_removed: &admin::nothing_to_stop,
+        };
+        let resp = admin::serve(&admin, &parts.method, &path, &parts.headers, body).await;
+        return Ok((resp, Some("admin".into())));
     }
     let rest = match path.strip_prefix(SERVICES_PREFIX) {
         Some("") => "",
