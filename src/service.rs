@@ -157,7 +157,6 @@ async fn route(
     }
     // The admin API (SPEC §7); without ADMIN_ID its paths are unknown like any other.
     if let Some(admin_id) = app.config.admin_id.filter(|_| admin::owns(path)) {
-        let path = path.to_string();
         let (parts, body) = req.into_parts();
         let (max, limit) = (app.config.max_body, app.config.body_time);
         let body = async move {
@@ -173,7 +172,14 @@ async fn route(
             modules: &admin::no_modules,
             on_tenant_removed: &admin::nothing_to_stop,
         };
-        let resp = admin::serve(&admin, &parts.method, &path, &parts.headers, body).await;
+        let resp = admin::serve(
+            &admin,
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            body,
+        )
+        .await;
         return Ok((resp, Some("admin".into())));
     }
     let rest = match path.strip_prefix(SERVICES_PREFIX) {
