@@ -81,12 +81,33 @@ pub enum ApiError {
     /// The tenant process running the call died (SPEC §11.7).
     #[error("The process running {api} stopped before it answered.")]
     WorkerLost { api: String },
-    /// The tenant registry cannot be read: fail closed (SPEC §7).
-    #[error("The tenant registry is unavailable; see the server log.")]
-    RegistryUnavailable,
     /// Tenant code cannot run: a sandbox layer is missing or the process could not start.
     #[error("{0}")]
     SandboxUnavailable(String),
+    /// The admin API without the admin's bearer token (`WWW-Authenticate` goes with it).
+    #[error("The admin API needs `Authorization: Bearer <ADMIN_ID>`.")]
+    Unauthorized,
+    /// An admin API path that exists, with a method it does not have (`Allow`: `allow`). The
+    /// plugin APIs answer 404 here instead (SPEC §4, compat); the admin API has no such past.
+    #[error("{path} does not take {method}.")]
+    MethodNotAllowed {
+        path: String,
+        method: String,
+        allow: &'static str,
+    },
+    /// Admin API: no tenant with this uuid.
+    #[error("Tenant `{uuid}` does not exist.")]
+    NoSuchTenant { uuid: String },
+    /// Admin API: the tenant, or its secret of this name, does not exist.
+    #[error("Tenant `{uuid}` has no secret `{name}`.")]
+    NoSuchSecret { uuid: String, name: String },
+    /// Admin API: the uuid or userid is taken, or the uuid is the admin's; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// The tenant registry cannot be read or written: fail closed. The detail goes to the log
+    /// only.
+    #[error("The tenant registry is unavailable; see the server log.")]
+    RegistryUnavailable(String),
 }
 
 impl ApiError {
@@ -100,11 +121,17 @@ impl ApiError {
             | ApiError::ApiUndefinedInModule { .. }
             | ApiError::MethodUndefined { .. }
             | ApiError::TooManyUrlParams { .. }
-            | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Ambiguous { .. } => StatusCode::CONFLICT,
+            | ApiError::NotFound { .. }
+            | ApiError::NoSuchTenant { .. }
+            | ApiError::NoSuchSecret { .. } => StatusCode::NOT_FOUND,
+            ApiError::Ambiguous { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::RegistryUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Plugin { .. }
@@ -114,9 +141,7 @@ impl ApiError {
             ApiError::MethodNotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::WorkerLost { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::SandboxUnavailable(_) | ApiError::RegistryUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::SandboxUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -131,7 +156,9 @@ impl ApiError {
             | ApiError::ApiUndefinedInModule { .. } => "api_undefined",
             ApiError::MethodUndefined { .. } => "method_undefined",
             ApiError::TooManyUrlParams { .. } => "too_many_url_params",
-            ApiError::NotFound { .. } => "not_found",
+            ApiError::NotFound { .. }
+            | ApiError::NoSuchTenant { .. }
+            | ApiError::NoSuchSecret { .. } => "not_found",
             ApiError::Ambiguous { .. } => "ambiguous_api",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::RequestTimeout { .. } => "request_timeout",
@@ -146,7 +173,10 @@ impl ApiError {
             ApiError::Timeout { .. } => "timeout",
             ApiError::WorkerLost { .. } => "worker_lost",
             ApiError::SandboxUnavailable(_) => "sandbox_unavailable",
-            ApiError::RegistryUnavailable => "registry_unavailable",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::RegistryUnavailable(_) => "registry_unavailable",
         }
     }
 
@@ -195,6 +225,14 @@ impl ApiError {
     pub fn allow(&self) -> Option<MethodSet> {
         match self {
             ApiError::MethodUndefined { allow, .. } => Some(*allow),
+            _ => None,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge this error carries (RFC 6750 §3).
+    pub fn www_authenticate(&self) -> Option<&'static str> {
+        match self {
+            ApiError::Unauthorized => Some(r#"Bearer realm="dpms""#),
             _ => None,
         }
     }

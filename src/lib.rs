@@ -8,6 +8,7 @@
 //!   worker logs a message shared by all.
 //! - [`store`]: the tenant registry (SQLite in `DPMS_DATA_DIR`) and its cross-process change
 //!   counter; the one place state shared between processes and restarts lives.
+//! - [`tenancy`]: who may call what; so far the admin API (`/rest/admin/…`) over [`store`].
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
 //! - [`ipc`]: the framed, typed channel between the host and its child processes.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
@@ -50,6 +51,7 @@ pub mod state_dir;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tenancy;
 pub mod tenant_proc;
 pub mod tenants;
 
@@ -90,6 +92,15 @@ pub fn run(
     // Before any plugin code runs: a child it forks must not keep the port.
     fork_guard::install(&listener);
     let config = Arc::new(config);
+    // The admin API's registry. One that does not open is logged and left out: the admin API
+    // then answers 503 (fail closed) while the plugins are served as usual.
+    let store = config.admin_id.and_then(|_| match store::Registry::open(&config.data_dir) {
+        Ok(registry) => Some(Arc::new(registry)),
+        Err(e) => {
+            tracing::error!(cause = %e, "tenant registry unavailable: the admin API answers 503");
+            None
+        }
+    });
     let host = Arc::new(pyhost::PyHost::start(&config, worker)?);
     let retired = Arc::new(tokio::sync::Notify::new());
     if let Some(notify_supervisor) = on_retire {
@@ -139,9 +150,15 @@ pub fn run(
                         plugins::Registry::start(Arc::clone(&config), loader, scope).await;
                     log_summary(&config, &registry);
                     on_ready();
-                    let mut app = service::App::new(Arc::clone(&config), registry, host, worker);
+                    let mut app = service::App::new(
+                        Arc::clone(&config),
+                        registry,
+                        host,
+                        store.clone(),
+                        worker,
+                    );
                     if config.multi_tenant {
-                        app = app.with_tenancy(tenants::Tenants::new(Arc::clone(&config)));
+                        app = app.with_tenancy(tenants::Tenants::new(Arc::clone(&config), store));
                     }
                     let app = Arc::new(app);
                     server::serve(listener, app, shutdown).await;

@@ -23,6 +23,7 @@ use crate::response::{self, Body as RespBody};
 use crate::router::{is_uuid_segment, Located, Method, MethodSet, RouteTable, Selected};
 use crate::sandboxed::{RemoteModule, TenantExec};
 use crate::telemetry;
+use crate::tenancy::admin;
 use crate::tenants::{Caller as Who, Refused, Tenants, View};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,6 +36,8 @@ pub struct App {
     pub config: Arc<Config>,
     pub registry: Arc<Registry>,
     pub host: Arc<PyHost>,
+    /// The tenant registry, when `ADMIN_ID` is set and it opened (else the admin API is 503).
+    pub tenants: Option<Arc<crate::store::Registry>>,
     /// This worker's index, as sent in `X-Dpms-Worker`.
     worker: HeaderValue,
     worker_index: usize,
@@ -49,12 +52,14 @@ impl App {
         config: Arc<Config>,
         registry: Arc<Registry>,
         host: Arc<PyHost>,
+        tenants: Option<Arc<crate::store::Registry>>,
         worker: usize,
     ) -> App {
         App {
             config,
             registry,
             host,
+            tenants,
             worker: HeaderValue::from(worker),
             worker_index: worker,
             access_log: telemetry::access_enabled(),
@@ -161,6 +166,47 @@ async fn route(
     if path == "/" {
         return index(verb).map_err(|e| (e, None));
     }
+    // The admin API (SPEC §7); without ADMIN_ID its paths are unknown like any other.
+    if let Some(admin_id) = app.config.admin_id.filter(|_| admin::owns(path)) {
+        let (parts, body) = req.into_parts();
+        let (max, limit) = (app.config.max_body, app.config.body_time);
+        let body = async move {
+            tokio::time::timeout(limit, read_body(body, max))
+                .await
+                .unwrap_or(Err(ApiError::RequestTimeout {
+                    secs: limit.as_secs_f64(),
+                }))
+        };
+        let snap = app.registry.current();
+        // The files that name the tenant as their owner (what its `modules` lists).
+        let modules = move |uuid: uuid::Uuid| -> Vec<String> {
+            snap.foreign()
+                .iter()
+                .filter(|(_, owner)| uuid::Uuid::parse_str(owner).ok() == Some(uuid))
+                .map(|(file, _)| file.trim_end_matches(".py").to_string())
+                .collect()
+        };
+        let stop = |uuid: uuid::Uuid| {
+            if let Some(t) = &app.tenancy {
+                t.stop(uuid);
+            }
+        };
+        let admin = admin::Admin {
+            admin_id,
+            registry: app.tenants.clone(),
+            modules: &modules,
+            on_tenant_removed: &stop,
+        };
+        let resp = admin::serve(
+            &admin,
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            body,
+        )
+        .await;
+        return Ok((resp, Some("admin".into())));
+    }
     let rest = match path.strip_prefix(SERVICES_PREFIX) {
         Some("") => "",
         Some(rest) if rest.starts_with('/') => &rest[1..],
@@ -192,8 +238,7 @@ async fn route(
                 Ok(who) => who,
                 Err(Refused::Unknown) => return Err((unknown(), None)),
                 Err(Refused::Unavailable(why)) => {
-                    tracing::error!(cause = %why, "tenant registry unavailable");
-                    return Err((ApiError::RegistryUnavailable, None));
+                    return Err((ApiError::RegistryUnavailable(why), None));
                 }
                 Err(Refused::NoSandbox(why)) => {
                     return Err((ApiError::SandboxUnavailable(why), None))

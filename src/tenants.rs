@@ -100,15 +100,11 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// Opens the registry (a failure is kept: calls that need it answer 503) and probes the
-    /// kernel's sandbox layers once.
-    pub fn new(config: Arc<Config>) -> Arc<Tenants> {
-        let store = store::Registry::open(&config.data_dir)
-            .map(Arc::new)
-            .map_err(|e| e.to_string());
-        if let Err(e) = &store {
-            tracing::error!(cause = %e, "tenant registry unavailable: tenant calls answer 503");
-        }
+    /// Probes the kernel's sandbox layers once; without a registry, tenant calls answer 503.
+    /// `store` is the registry the worker opened (`None`: it could not, and the reason is
+    /// already logged).
+    pub fn new(config: Arc<Config>, store: Option<Arc<store::Registry>>) -> Arc<Tenants> {
+        let store = store.ok_or_else(|| "the tenant registry could not be opened".to_string());
         let missing = crate::sandbox::probe().missing();
         if !missing.is_empty()
             && crate::state_dir::first_to_log(config.state_dir.as_deref(), "sandbox layers")
@@ -129,6 +125,9 @@ impl Tenants {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let Some(t) = weak.upgrade() else { break };
                 t.reap();
+                // A tenant removed or disabled elsewhere loses its process here too, even if
+                // this worker gets no request for it.
+                let _ = t.known().await;
             }
         });
         tenants
@@ -187,6 +186,13 @@ impl Tenants {
             }
             keep
         });
+    }
+
+    /// Stops `uuid`'s process now (the tenant was removed).
+    pub fn stop(&self, uuid: Uuid) {
+        if let Some(view) = self.lock_views().remove(&uuid) {
+            view.exec.stop();
+        }
     }
 
     /// Stops tenants idle past their time.
