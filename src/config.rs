@@ -2,6 +2,11 @@
 //! defaults, then `.env` in the working folder, then the process environment, then command-line
 //! flags — and checked at start-up, so a wrong value stops the server with one clear line instead
 //! of failing at the first request.
+//!
+//! Only one process reads them: `dpms serve` (the supervisor) checks the [`Config`] once and
+//! hands that same value to every worker it starts (`supervisor::Handoff`), so a `.env` edited
+//! while the server runs cannot make a replacement worker differ from its siblings. That is why
+//! [`Config`] is serde data.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,6 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// One setting: its name (the environment variable and `.env` key), its default and what it does.
@@ -164,7 +170,7 @@ pub const SETTINGS: &[Setting] = &[
 const ACCEPTED_UNUSED: &[&str] = &["SECRETS"];
 
 /// How plugin modules are kept fresh (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReloadMode {
     /// Re-import a module only when its file changed (the default).
     Changed,
@@ -175,11 +181,20 @@ pub enum ReloadMode {
 }
 
 /// The checked configuration the server runs with.
-#[derive(Debug, Clone)]
+///
+/// Serde data, derived field by field rather than through a mirror struct: a mirror would be a
+/// second list of every field to keep in step, and serde's own impls already fit `IpAddr`,
+/// `Duration` and `Uuid`. Two kinds of field need a hand: paths (serde refuses a `PathBuf` that
+/// is not UTF-8, which a working folder may be) travel as their bytes, and the URL parameter
+/// names, borrowed `&'static str`, are leaked again on arrival as [`Sources::config`] leaks
+/// them. Unknown fields are refused, so a worker of another build fails at once with one line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
     /// Plugin folders in search order; every one exists (checked at start).
+    #[serde(with = "path_bytes::many")]
     pub plugin_dirs: Vec<PathBuf>,
     pub reload: ReloadMode,
     /// Check freshness with an inotify queue (`true`) or with `stat` only.
@@ -187,6 +202,7 @@ pub struct Config {
     /// `url_parm_names[i]` names the (i+1)-th URL parameter; its length is `NUM_URL_PARMS`.
     /// Leaked once per process (a few bytes each) so every call's kwargs borrow the names
     /// instead of copying them.
+    #[serde(deserialize_with = "leaked_names")]
     pub url_parm_names: Vec<&'static str>,
     pub max_body: usize,
     pub max_uri: usize,
@@ -197,6 +213,7 @@ pub struct Config {
     /// `MULTI_TENANT`: callers name themselves by uuid and tenants' modules run sandboxed.
     pub multi_tenant: bool,
     /// The virtual environment whose site-packages are appended to `sys.path`.
+    #[serde(with = "path_bytes::optional")]
     pub venv: Option<PathBuf>,
     pub py_threads: usize,
     /// Calls that may wait for a Python thread (per worker).
@@ -217,13 +234,91 @@ pub struct Config {
     pub log_filter: String,
     /// A folder shared by the workers of one supervisor (not a user setting: the supervisor
     /// sets it); see `plugins::registry` for what is kept there.
+    #[serde(with = "path_bytes::optional")]
     pub state_dir: Option<PathBuf>,
     /// `DPMS_DATA_DIR`: the folder of the tenant registry (`store`), created mode 0700 when
     /// the registry is first opened.
+    #[serde(with = "path_bytes::one")]
     pub data_dir: PathBuf,
     /// `.env` entries that are not dpms settings, put into the admin interpreter's
     /// `os.environ` before the first plugin import (absent from the process environment).
     pub extra_env: Vec<(String, String)>,
+}
+
+/// The URL parameter names as [`Config::url_parm_names`] holds them: leaked, once per process
+/// (a worker reads one handoff), so calls borrow them for nothing.
+fn leaked_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'static str>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    Ok(names
+        .into_iter()
+        .map(|name| &*Box::leak(name.into_boxed_str()))
+        .collect())
+}
+
+/// Paths as the bytes the kernel knows them by (a JSON array of numbers), so any path the
+/// supervisor checked reaches a worker unchanged, UTF-8 or not.
+mod path_bytes {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct Ref<'a>(&'a Path);
+
+    impl Serialize for Ref<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0.as_os_str().as_bytes())
+        }
+    }
+
+    struct Owned(PathBuf);
+
+    impl<'de> Deserialize<'de> for Owned {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let bytes = Vec::<u8>::deserialize(d)?;
+            Ok(Owned(PathBuf::from(OsString::from_vec(bytes))))
+        }
+    }
+
+    pub mod one {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+            Ref(path).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+            Ok(Owned::deserialize(d)?.0)
+        }
+    }
+
+    pub mod optional {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+            path.as_deref().map(Ref).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+            Ok(Option::<Owned>::deserialize(d)?.map(|p| p.0))
+        }
+    }
+
+    pub mod many {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(paths.iter().map(|p| Ref(p)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+            Ok(Vec::<Owned>::deserialize(d)?
+                .into_iter()
+                .map(|p| p.0)
+                .collect())
+        }
+    }
 }
 
 /// A configuration that cannot be used; the message is the one line printed at start.
@@ -766,6 +861,60 @@ mod tests {
                 setting.name
             );
         }
+    }
+
+    #[test]
+    fn a_config_round_trips_through_json() -> Result<(), serde_json::Error> {
+        use std::os::unix::ffi::OsStringExt as _;
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("plugins")).ok();
+        let env = [
+            ("NUM_URL_PARMS", "3"),
+            ("URL_PARM2", "second"),
+            ("ADMIN_ID", "7f1c2a52-5b0e-4d7e-9a8f-3c1d2e4f5a6b"),
+            ("MAX_FUNCTION_SECS", "2.5"),
+            ("DPMS_RELOAD", "never"),
+            ("DPMS_HOST", "::1"),
+            ("DPMS_WORKER_MEMORY", "512"),
+        ];
+        let s = sources(
+            &[("MONGO_URI", "mongodb://x:1/?a=1"), ("DEBUG", "on")],
+            &env,
+        );
+        let mut config = match s.config(&dir) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        // What the checks never produce but a path may be: not UTF-8.
+        let odd = PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/caf\xe9".to_vec()));
+        config.plugin_dirs.push(odd.clone());
+        config.state_dir = Some(odd);
+        let json = serde_json::to_vec(&config)?;
+        let back: Config = serde_json::from_slice(&json)?;
+        assert_eq!(back, config);
+        assert_eq!(back.url_parm_names, ["parm_1", "second", "parm_3"]);
+        assert_eq!(
+            back.extra_env,
+            [("MONGO_URI".into(), "mongodb://x:1/?a=1".into())]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_config_with_an_unknown_field_is_refused() -> Result<(), serde_json::Error> {
+        let dir = std::env::temp_dir();
+        let tmp = dir.display().to_string();
+        let config = match sources(&[], &[("plugins", &tmp)]).config(&dir) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let mut value = serde_json::to_value(&config)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("from_a_newer_build".into(), serde_json::Value::Bool(true));
+        }
+        assert!(serde_json::from_value::<Config>(value).is_err());
+        Ok(())
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -1,5 +1,5 @@
 //! What a process forked by plugin code must not keep (SPEC §9): the listening socket, the
-//! connections accepted from it and the supervisor's channel.
+//! connections accepted from it and the supervisor's channels (readiness pipe, handoff socket).
 //!
 //! Every server descriptor is close-on-exec, which covers `subprocess` and every other
 //! fork-then-exec. A bare `fork()` (`os.fork`, `multiprocessing` with the fork start method, a C
@@ -19,13 +19,21 @@ use std::sync::Once;
 /// once the listener is dropped at shutdown.
 static LISTEN_FAMILY: AtomicI32 = AtomicI32::new(-1);
 static LISTEN_PORT: AtomicU16 = AtomicU16::new(0);
-/// The supervisor channel's descriptor (`-1`: none, a single-process server), open for the
-/// worker's whole life.
-static CHANNEL_FD: AtomicI32 = AtomicI32::new(-1);
+/// The supervisor channels' descriptors (`-1`: a free slot; all free in a single-process
+/// server), each open for the worker's whole life: a closed number would be reused, and the
+/// child would lose whatever took it. A fixed array, since the fork handler may not allocate.
+static CHANNEL_FDS: [AtomicI32; MAX_CHANNELS] = [const { AtomicI32::new(-1) }; MAX_CHANNELS];
+/// A worker has two: the readiness pipe and the handoff socket.
+const MAX_CHANNELS: usize = 4;
 
-/// Names the supervisor channel's descriptor, closed in every forked child.
-pub fn protect_channel(fd: RawFd) {
-    CHANNEL_FD.store(fd, Ordering::Release);
+/// Names a supervisor channel's descriptor, closed in every forked child. Returns `false`, and
+/// protects nothing, when every slot is taken (a programming error: raise [`MAX_CHANNELS`]).
+#[must_use]
+pub fn protect_channel(fd: RawFd) -> bool {
+    CHANNEL_FDS.iter().any(|slot| {
+        slot.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    })
 }
 
 /// Registers the fork handler (once per process) for `listener` and what it accepts.
@@ -60,9 +68,11 @@ extern "C" fn in_child() {
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
         libc::signal(libc::SIGINT, libc::SIG_DFL);
-        let channel = CHANNEL_FD.load(Ordering::Acquire);
-        if channel >= 0 {
-            libc::close(channel);
+        for slot in &CHANNEL_FDS {
+            let channel = slot.load(Ordering::Acquire);
+            if channel >= 0 {
+                libc::close(channel);
+            }
         }
         close_listening();
     }

@@ -128,23 +128,6 @@ impl ServeArgs {
             workers: self.workers.clone(),
         }
     }
-
-    /// The flags a worker needs to read the same configuration as its supervisor.
-    fn worker_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let pairs = [
-            ("--plugins", &self.plugins),
-            ("--reload", &self.reload),
-            ("--py-threads", &self.py_threads),
-        ];
-        for (flag, value) in pairs {
-            if let Some(v) = value {
-                args.push(flag.to_string());
-                args.push(v.clone());
-            }
-        }
-        args
-    }
 }
 
 fn main() -> ExitCode {
@@ -155,7 +138,8 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Tenant(command)) => return tenant_cli::run(command),
-        Some(Command::Worker(args)) => worker(&args),
+        // Its flags are ignored: a worker's settings all come in the supervisor's handoff.
+        Some(Command::Worker(_)) => worker(),
         Some(Command::SandboxExec(args)) => sandbox_exec(&args),
         Some(Command::SandboxProbe) => {
             let layers = dpms::sandbox::probe();
@@ -276,17 +260,18 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start a thread: {e}"))?;
     tracing::info!(workers = config.workers, "supervisor starting workers");
-    let plan = Plan {
-        workers: config.workers,
-        args: args.worker_args(),
-        shutdown_time: config.shutdown_time,
-    };
+    // The workers get this very Config (`supervisor::Handoff`): none reads `.env` again.
+    let plan = Plan { config };
     supervisor::run(plan, listener, stop, move || announce(local))
 }
 
-fn worker(args: &ServeArgs) -> Result<(), String> {
+/// A worker runs with the settings its supervisor checked, never reading `.env` or the
+/// environment for them itself: an `.env` edited since the supervisor started must not make
+/// this worker differ from its siblings.
+fn worker() -> Result<(), String> {
     let env = WorkerEnv::from_env()?;
-    let mut config = configure(args)?;
+    let mut config = env.handoff.config.clone();
+    dpms::telemetry::init(&config.log_filter);
     config.state_dir = env.state_dir.clone();
     let (index, listener, mut ready) = env.split();
     let retire = ready.retire_notice();

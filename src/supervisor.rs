@@ -7,15 +7,24 @@
 //! Workers are spawned by one dedicated thread that lives as long as the supervisor: the
 //! `PR_SET_PDEATHSIG` each worker sets fires when the *thread* that forked it exits, so this is
 //! what makes workers die with the supervisor and never keep the port with old code.
+//!
+//! The supervisor is the only process that reads the settings (`.env`, the environment,
+//! flags). Each worker gets the supervisor's checked [`Config`] in one [`Handoff`] on a socket
+//! of its own, and refuses to start without it, so every worker — a replacement after a crash
+//! too, however `.env` changed meanwhile — runs with the settings the server started with.
 
 use std::io::{PipeReader, Read};
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::ipc;
 
 /// Environment variables a worker reads from its supervisor.
 pub const ENV_LISTEN_FD: &str = "DPMS_LISTEN_FD";
@@ -23,6 +32,25 @@ pub const ENV_READY_FD: &str = "DPMS_READY_FD";
 pub const ENV_WORKER_INDEX: &str = "DPMS_WORKER_INDEX";
 /// A folder the workers share (see `plugins::registry::LastGood`), removed at exit.
 pub const ENV_STATE_DIR: &str = "DPMS_STATE_DIR";
+/// The worker's end of the socket its [`Handoff`] arrives on.
+pub const ENV_HANDOFF_FD: &str = "DPMS_HANDOFF_FD";
+
+/// The largest handoff either side accepts. A Config is a few KiB; `.env` entries that are not
+/// settings ride along ([`Config::extra_env`]), and a `.env` past this is not a settings file.
+pub const MAX_HANDOFF: u32 = 4 << 20;
+/// How long a worker waits for its handoff, and the supervisor for the send to complete (the
+/// frame usually fits the socket buffer, so the send does not wait for the worker at all).
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the supervisor tells each worker before it starts, the one message on its handoff
+/// socket.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    /// The settings the supervisor checked at start, the same for every worker it ever starts.
+    /// `state_dir` is not set here: each worker takes it from `DPMS_STATE_DIR`.
+    pub config: Config,
+}
 
 /// How often the monitor looks at its workers: the bound on "replaced within a second".
 const POLL: Duration = Duration::from_millis(20);
@@ -34,10 +62,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the supervisor needs to run its workers.
 pub struct Plan {
-    pub workers: usize,
-    /// Arguments after `dpms worker` (the command-line overrides, passed through).
-    pub args: Vec<String>,
-    pub shutdown_time: Duration,
+    /// The checked settings: sent as they are to every worker; `workers` and `shutdown_time`
+    /// are the supervisor's own.
+    pub config: Config,
 }
 
 /// What a worker tells the supervisor over its own pipe, one line each.
@@ -170,6 +197,18 @@ pub fn run(
     announce: impl FnOnce() + Send + 'static,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the dpms binary: {e}"))?;
+    let handoff = Handoff {
+        config: plan.config,
+    };
+    // Refused now, with one line, rather than at every worker start.
+    let size = serde_json::to_vec(&handoff)
+        .map_err(|e| format!("cannot encode the settings for the workers: {e}"))?
+        .len();
+    if size > MAX_HANDOFF as usize {
+        return Err(format!(
+            "the settings take {size} bytes, over the {MAX_HANDOFF} a worker accepts: is `.env` a settings file?"
+        ));
+    }
     let parent = std::env::temp_dir();
     let state = crate::state_dir::create(&parent).map_err(|e| {
         format!(
@@ -181,7 +220,7 @@ pub fn run(
         .name("dpms-supervisor".into())
         .spawn({
             let state = state.clone();
-            move || monitor(plan, exe, &state, listener, stop, announce)
+            move || monitor(&handoff, exe, &state, listener, stop, announce)
         })
         .map_err(|e| format!("cannot start the supervisor thread: {e}"))?;
     let result = monitor
@@ -192,15 +231,17 @@ pub fn run(
 }
 
 fn monitor(
-    plan: Plan,
+    handoff: &Handoff,
     exe: std::path::PathBuf,
     state: &std::path::Path,
     listener: TcpListener,
     stop: Arc<AtomicBool>,
     announce: impl FnOnce(),
 ) -> Result<(), String> {
+    let workers = handoff.config.workers;
+    let shutdown_time = handoff.config.shutdown_time;
     let now = Instant::now();
-    let mut slots: Vec<Slot> = (0..plan.workers)
+    let mut slots: Vec<Slot> = (0..workers)
         .map(|_| Slot {
             child: None,
             channel: None,
@@ -211,7 +252,7 @@ fn monitor(
         .collect();
     let listen = listener.as_raw_fd();
     let mut announce = Some(announce);
-    let mut ready = vec![false; plan.workers];
+    let mut ready = vec![false; workers];
     let mut retiring: Vec<Retiring> = Vec::new();
     let waiting_since = Instant::now();
 
@@ -220,7 +261,7 @@ fn monitor(
         for (index, slot) in slots.iter_mut().enumerate() {
             reap(index, slot, now);
             if slot.child.is_none() && now >= slot.restart_at {
-                match spawn(&exe, &plan.args, state, index, listen) {
+                match spawn(&exe, handoff, state, index, listen) {
                     Ok((child, channel)) => {
                         tracing::info!(worker = index, pid = child.id(), "worker started");
                         slot.child = Some(child);
@@ -258,7 +299,7 @@ fn monitor(
                         terminate(&child);
                         retiring.push(Retiring {
                             child,
-                            kill_at: now + plan.shutdown_time + Duration::from_secs(2),
+                            kill_at: now + shutdown_time + Duration::from_secs(2),
                         });
                         // The slot is empty now: the next pass starts the replacement.
                     }
@@ -297,7 +338,7 @@ fn monitor(
         let _ = r.child.kill();
         let _ = r.child.wait();
     }
-    stop_all(&mut slots, plan.shutdown_time);
+    stop_all(&mut slots, shutdown_time);
     Ok(())
 }
 
@@ -333,25 +374,38 @@ pub const MIMALLOC_DEFAULTS: [(&str, &str); 2] = [
     ("MIMALLOC_PURGE_DELAY", "0"),
 ];
 
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+enum SpawnError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("cannot send the worker its handoff: {0}")]
+    Handoff(#[source] ipc::Error),
+}
+
 fn spawn(
     exe: &std::path::Path,
-    args: &[String],
+    handoff: &Handoff,
     state: &std::path::Path,
     index: usize,
     listen: RawFd,
-) -> std::io::Result<(Child, Channel)> {
+) -> Result<(Child, Channel), SpawnError> {
     let parent = std::process::id();
     // Its own pipe: the supervisor knows who speaks on it (see `Channel`). Both ends are
     // close-on-exec; the child's copy of the write end is made inheritable below.
     let (reader, writer) = std::io::pipe()?;
     let channel = Channel::new(reader)?;
     let ready = writer.as_raw_fd();
+    // Its own handoff socket, close-on-exec like the pipe: no other worker can read this one's.
+    let (to_worker, worker_end) = ipc::socket_pair()?;
+    let handoff_fd = worker_end.as_raw_fd();
     let stderr: OwnedFd = std::io::stderr().as_fd().try_clone_to_owned()?;
     let mut cmd = Command::new(exe);
+    // No flags: the worker's settings are all in the handoff.
     cmd.arg("worker")
-        .args(args)
         .env(ENV_LISTEN_FD, listen.to_string())
         .env(ENV_READY_FD, ready.to_string())
+        .env(ENV_HANDOFF_FD, handoff_fd.to_string())
         .env(ENV_WORKER_INDEX, index.to_string())
         .env(ENV_STATE_DIR, state)
         .stdin(Stdio::null())
@@ -386,7 +440,7 @@ fn spawn(
             if libc::getppid() as u32 != parent {
                 libc::_exit(1);
             }
-            for fd in [listen, ready] {
+            for fd in [listen, ready, handoff_fd] {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -395,10 +449,25 @@ fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
+    let mut child = cmd.spawn()?;
     // Only the worker holds the write end now: its exit is the pipe's end.
     drop(writer);
+    drop(worker_end);
+    if let Err(e) = send_handoff(to_worker, handoff) {
+        // Without its handoff it would refuse to start anyway: do not leave it waiting.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(SpawnError::Handoff(e));
+    }
     Ok((child, channel))
+}
+
+/// Writes the one handoff and closes the supervisor's end: there is nothing more to say, and
+/// nothing a worker (or plugin code in it) writes back is ever read.
+fn send_handoff(stream: UnixStream, handoff: &Handoff) -> Result<(), ipc::Error> {
+    stream.set_write_timeout(Some(HANDOFF_TIMEOUT))?;
+    let mut sender = ipc::Sender::new(stream, MAX_HANDOFF);
+    sender.send(handoff)
 }
 
 /// SIGTERM to a worker: it stops accepting and drains its requests.
@@ -436,11 +505,14 @@ fn stop_all(slots: &mut [Slot], grace: Duration) {
     }
 }
 
-/// The worker's side: the inherited listener, index and readiness pipe.
+/// The worker's side: the inherited listener, index, readiness pipe and the handoff read from
+/// its socket.
 pub struct WorkerEnv {
     pub listener: TcpListener,
     pub index: usize,
     pub state_dir: Option<std::path::PathBuf>,
+    /// What the supervisor sent; `handoff.config.state_dir` is still unset (see [`Handoff`]).
+    pub handoff: Handoff,
     ready: Arc<std::fs::File>,
 }
 
@@ -456,14 +528,21 @@ impl WorkerEnv {
         };
         let listen = fd(ENV_LISTEN_FD)?;
         let ready = fd(ENV_READY_FD)?;
+        let handoff_fd = fd(ENV_HANDOFF_FD)?;
         let index = fd(ENV_WORKER_INDEX)? as usize;
         let state_dir = std::env::var_os(ENV_STATE_DIR).map(Into::into);
         // Plugin code must not find them in `os.environ` (SPEC §9). This process has one
         // thread yet, and Python, which copies the environment, has not started.
-        for name in [ENV_LISTEN_FD, ENV_READY_FD, ENV_WORKER_INDEX, ENV_STATE_DIR] {
+        for name in [
+            ENV_LISTEN_FD,
+            ENV_READY_FD,
+            ENV_HANDOFF_FD,
+            ENV_WORKER_INDEX,
+            ENV_STATE_DIR,
+        ] {
             std::env::remove_var(name);
         }
-        for fd in [listen, ready] {
+        for fd in [listen, ready, handoff_fd] {
             // Inherited without close-on-exec; set it again so programs a plugin starts do not
             // hold the port or the pipe.
             // SAFETY: fcntl on descriptors this process owns.
@@ -477,13 +556,19 @@ impl WorkerEnv {
         // SAFETY: the supervisor passed these descriptors open and for us alone to own.
         let listener = unsafe { TcpListener::from_raw_fd(listen) };
         let ready = unsafe { std::fs::File::from_raw_fd(ready) };
-        // Open for the worker's whole life (a closed number would be reused, for a client
+        let handoff = read_handoff(handoff_fd)?;
+        // Both open for the worker's whole life (a closed number would be reused, for a client
         // socket), and closed in every child plugin code forks.
-        crate::fork_guard::protect_channel(ready.as_raw_fd());
+        let protected = crate::fork_guard::protect_channel(ready.as_raw_fd())
+            && crate::fork_guard::protect_channel(handoff_fd);
+        if !protected {
+            return Err("cannot keep the supervisor's channels from forked children".into());
+        }
         Ok(WorkerEnv {
             listener,
             index,
             state_dir,
+            handoff,
             ready: Arc::new(ready),
         })
     }
@@ -497,6 +582,66 @@ impl WorkerEnv {
         };
         (self.index, self.listener, ready)
     }
+}
+
+/// Reads the one [`Handoff`] from the inherited socket `fd` (within [`HANDOFF_TIMEOUT`]), then
+/// keeps the descriptor open for the process's life (see `fork_guard`).
+fn read_handoff(fd: RawFd) -> Result<Handoff, String> {
+    use std::os::fd::FromRawFd;
+    let refuse = |why: String| format!("`dpms worker` needs the handoff of `dpms serve`: {why}");
+    if !is_unix_stream(fd) {
+        return Err(refuse(format!(
+            "{ENV_HANDOFF_FD}={fd} is not a Unix stream socket"
+        )));
+    }
+    // SAFETY: the supervisor passed this descriptor open and for us alone to own; it is a
+    // socket (checked above).
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    stream
+        .set_read_timeout(Some(HANDOFF_TIMEOUT))
+        .map_err(|e| refuse(e.to_string()))?;
+    let mut receiver = ipc::Receiver::<Handoff>::new(stream, MAX_HANDOFF);
+    let received = receiver.recv();
+    // Kept open, like the readiness pipe, rather than closed: the worker's one channel from
+    // its supervisor stays for what may follow the handoff later, and a closed number would be
+    // reused (for a client socket) while `fork_guard` closes it in forked children.
+    let _ = receiver.into_inner().into_raw_fd();
+    received.map_err(|e| match e {
+        ipc::Error::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            refuse(format!(
+                "none arrived within {} s",
+                HANDOFF_TIMEOUT.as_secs()
+            ))
+        }
+        ipc::Error::Closed => refuse("its socket closed without one".into()),
+        e => refuse(format!("cannot read it: {e}")),
+    })
+}
+
+/// `fd` is an open `AF_UNIX` `SOCK_STREAM` socket.
+fn is_unix_stream(fd: RawFd) -> bool {
+    let option = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a local int.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(value)
+    };
+    option(libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+        && option(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
 }
 
 /// Tells the supervisor that this worker is retiring, with the reason (for the log).
@@ -566,6 +711,51 @@ mod tests {
             ["retire"],
             "a line split across reads"
         );
+        Ok(())
+    }
+
+    fn handoff() -> Handoff {
+        let dir = std::env::temp_dir();
+        let env = [
+            ("plugins".to_string(), dir.display().to_string()),
+            ("NUM_URL_PARMS".to_string(), "2".to_string()),
+        ];
+        let dotenv = [("FOO".to_string(), "old".to_string())];
+        let sources = crate::config::Sources::new(
+            dotenv.into_iter().collect(),
+            env.into_iter().collect(),
+            crate::config::Overrides::default(),
+        );
+        match sources.config(&dir) {
+            Ok(config) => Handoff { config },
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_worker_reads_the_handoff_it_was_sent() -> Result<(), ipc::Error> {
+        let sent = handoff();
+        let (ours, theirs) = ipc::socket_pair()?;
+        send_handoff(ours, &sent)?;
+        let fd = theirs.into_raw_fd();
+        assert_eq!(read_handoff(fd), Ok(sent));
+        // SAFETY: `read_handoff` left the descriptor open and this test owns it.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        Ok(())
+    }
+
+    #[test]
+    fn a_worker_refuses_a_socket_without_a_handoff() -> std::io::Result<()> {
+        let (ours, theirs) = ipc::socket_pair()?;
+        drop(ours);
+        let fd = theirs.into_raw_fd();
+        let err = read_handoff(fd).err().unwrap_or_default();
+        assert!(err.contains("closed without one"), "{err}");
+        // SAFETY: as above.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        let (reader, _writer) = std::io::pipe()?;
+        let err = read_handoff(reader.as_raw_fd()).err().unwrap_or_default();
+        assert!(err.contains("not a Unix stream socket"), "{err}");
         Ok(())
     }
 
