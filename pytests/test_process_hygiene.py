@@ -18,7 +18,12 @@ import requests
 from dpms_helpers import STOP_TIMEOUT, TIMEOUT, ok, source, wait_for, write_atomic
 
 CONTROL_VARIABLES = (
-    "DPMS_HANDOFF_FD","DPMS_LISTEN_FD", "DPMS_READY_FD", "DPMS_WORKER_INDEX", "DPMS_STATE_DIR")
+    "DPMS_HANDOFF_FD",
+    "DPMS_LISTEN_FD",
+    "DPMS_READY_FD",
+    "DPMS_WORKER_INDEX",
+    "DPMS_STATE_DIR",
+)
 
 
 def children_of(pid: int) -> list[int]:
