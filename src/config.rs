@@ -154,6 +154,21 @@ pub const SETTINGS: &[Setting] = &[
         doc: "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway.",
     },
     Setting {
+        name: "DPMS_TENANT_IDLE_SECS",
+        default: "300",
+        doc: "A tenant's process is stopped after this many seconds without a call (SPEC §11.10); its next call starts a new one.",
+    },
+    Setting {
+        name: "DPMS_TENANT_CONCURRENCY",
+        default: "8",
+        doc: "Calls one tenant may have running at once per worker; more answer 503 `overloaded`.",
+    },
+    Setting {
+        name: "DPMS_TENANT_MEMORY",
+        default: "1024",
+        doc: "Address space of a tenant process in MiB (`RLIMIT_AS`); past it allocations fail (a `MemoryError`, or the process dies: 502 `worker_lost`).",
+    },
+    Setting {
         name: "DPMS_DATA_DIR",
         default: ".dpms",
         doc: "Folder of the tenant registry (`registry.sqlite3`), relative to the working folder unless absolute; created mode 0700.",
@@ -240,6 +255,12 @@ pub struct Config {
     /// the registry is first opened.
     #[serde(with = "path_bytes::one")]
     pub data_dir: PathBuf,
+    /// `DPMS_TENANT_IDLE_SECS`: an unused tenant's process is stopped after this long.
+    pub tenant_idle: Duration,
+    /// `DPMS_TENANT_CONCURRENCY`: calls one tenant may run at once (per worker).
+    pub tenant_concurrency: usize,
+    /// `DPMS_TENANT_MEMORY` in bytes: a tenant process's address space.
+    pub tenant_memory: u64,
     /// `.env` entries that are not dpms settings, put into the admin interpreter's
     /// `os.environ` before the first plugin import (absent from the process environment).
     pub extra_env: Vec<(String, String)>,
@@ -656,6 +677,11 @@ impl Sources {
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
             state_dir: None,
             data_dir: self.data_dir(workdir),
+            tenant_idle: self.seconds("DPMS_TENANT_IDLE_SECS", 300.0, 86_400.0 * 365.0)?,
+            tenant_concurrency: self.count("DPMS_TENANT_CONCURRENCY", 8, 1..=10_000)?,
+            tenant_memory: self.count("DPMS_TENANT_MEMORY", 1024, 64..=(1 << 20))? as u64
+                * 1024
+                * 1024,
             extra_env,
         })
     }

@@ -375,6 +375,17 @@ async fn route_tenant(
         .select(&api, module_index, method)
         .map_err(|e| (e, Some(api.as_str().into())))?;
     let label = Some(Arc::clone(&selected.endpoint().label));
+    let remote_code = selected
+        .module
+        .code
+        .as_ref()
+        .is_some_and(|c| c.get::<RemoteModule>().is_some());
+    // Held until the call is answered: DPMS_TENANT_CONCURRENCY calls at most in its process.
+    let _slot = match remote_code.then(|| view.slot()) {
+        Some(None) => return Err((ApiError::Overloaded, label)),
+        Some(Some(slot)) => Some(slot),
+        None => None,
+    };
     let called = call(
         app,
         req,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,14 +22,10 @@ use crate::router::RouteTable;
 use crate::sandboxed::{Starter, TenantExec};
 use crate::store;
 
-/// Address space of a tenant process (`RLIMIT_AS`).
-const TENANT_MEMORY: u64 = 1 << 30;
 /// Size of a tenant's scratch tmpfs.
 const SCRATCH_BYTES: u64 = 64 << 20;
 /// Python threads in a tenant process.
 const TENANT_THREADS: usize = 4;
-/// How long an unused tenant keeps its process.
-const IDLE: Duration = Duration::from_secs(300);
 
 /// Who a request's uuid names.
 pub enum Caller {
@@ -51,8 +47,11 @@ pub enum Refused {
 pub struct View {
     pub registry: Arc<Registry>,
     pub exec: Arc<TenantExec>,
-    /// Seconds since the worker started, at the last request.
+    /// Milliseconds since the worker started, at the last request.
     last_used: AtomicU64,
+    /// Calls running in the tenant's process now (`DPMS_TENANT_CONCURRENCY`).
+    running: Arc<AtomicUsize>,
+    limit: usize,
     /// The layered table for the last pair of snapshots it was built from.
     layered: Mutex<Option<Layered>>,
 }
@@ -63,7 +62,23 @@ struct Layered {
     table: Arc<RouteTable>,
 }
 
+/// One call counted against its tenant's concurrency; released when dropped.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl View {
+    /// A slot for one more call in the tenant's process, or `None` at its limit.
+    pub fn slot(&self) -> Option<Slot> {
+        let before = self.running.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(Arc::clone(&self.running));
+        (before < self.limit).then_some(slot)
+    }
+
     /// The tenant's modules over the admin's (a tenant's name shadows the admin's), built
     /// once per pair of snapshots.
     pub fn table(&self, admin: &Arc<Snapshot>, tenant: &Arc<Snapshot>) -> Arc<RouteTable> {
@@ -120,9 +135,11 @@ impl Tenants {
             started: Instant::now(),
         });
         let weak = Arc::downgrade(&tenants);
+        let every = (tenants.config.tenant_idle / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(every).await;
                 let Some(t) = weak.upgrade() else { break };
                 t.reap();
                 // A tenant removed or disabled elsewhere loses its process here too, even if
@@ -138,8 +155,9 @@ impl Tenants {
         &self.missing
     }
 
+    /// Milliseconds since this worker started.
     fn now(&self) -> u64 {
-        self.started.elapsed().as_secs()
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The registry as of now: re-read only when another write happened.
@@ -200,7 +218,7 @@ impl Tenants {
         let now = self.now();
         self.lock_views().retain(|_, view| {
             let idle = now.saturating_sub(view.last_used.load(Ordering::Relaxed));
-            let keep = Duration::from_secs(idle) < IDLE;
+            let keep = Duration::from_millis(idle) < self.config.tenant_idle;
             if !keep {
                 view.exec.stop();
             }
@@ -257,6 +275,8 @@ impl Tenants {
             registry,
             exec,
             last_used: AtomicU64::new(self.now()),
+            running: Arc::new(AtomicUsize::new(0)),
+            limit: self.config.tenant_concurrency,
             layered: Mutex::new(None),
         })
     }
@@ -306,7 +326,7 @@ impl Tenants {
             comm: format!("dpms-t-{}", &hex[..8]),
             read_only,
             scratch_bytes: SCRATCH_BYTES,
-            memory_bytes: Some(TENANT_MEMORY),
+            memory_bytes: Some(c.tenant_memory),
             nofile: 256,
             fsize_bytes: SCRATCH_BYTES,
             nproc: 64,
