@@ -96,7 +96,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "MULTI_TENANT",
         default: "false",
-        doc: "Tenancy (a later release): with `false` no uuid is needed and every call runs as admin; `true` refuses to start until tenancy exists.",
+        doc: "`true`: every call begins with the caller's uuid (the admin's `ADMIN_ID` or an enabled tenant's), and each tenant's modules run in its own sandboxed process (SPEC §7, §11); needs `ADMIN_ID`. `false`: no uuid is needed and every call runs as admin.",
     },
     Setting {
         name: "ADMIN_ID",
