@@ -29,6 +29,7 @@
 //!   registry), each active tenant's view of the modules and its process.
 //! - [`tenant_proc`]: `dpms tenant-proc`, one tenant's sandboxed process serving loads and
 //!   calls over its channel.
+//! - [`zygote`]: the single-threaded pre-imported process that forks tenant processes.
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.
 
@@ -54,6 +55,7 @@ pub mod telemetry;
 pub mod tenancy;
 pub mod tenant_proc;
 pub mod tenants;
+pub mod zygote;
 
 use std::sync::Arc;
 

@@ -53,6 +53,13 @@ enum Command {
     /// Prints which sandbox layers this kernel supports, then the missing ones.
     #[command(hide = true)]
     SandboxProbe,
+    /// The tenant zygote; started by a worker, not by hand.
+    #[command(hide = true)]
+    Zygote {
+        /// The inherited control socket.
+        #[arg(long)]
+        channel: i32,
+    },
     /// A tenant's sandboxed process; started by a worker, not by hand.
     #[command(hide = true)]
     TenantProc {
@@ -148,6 +155,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::TenantProc { channel }) => dpms::tenant_proc::run(channel),
+        Some(Command::Zygote { channel }) => dpms::zygote::run(channel),
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
     };

@@ -28,6 +28,7 @@ use crate::marshal::CallArgs;
 use crate::pyhost::{Dispatch, Interrupt};
 use crate::router::Module;
 use crate::tenant_proc::MAX_FRAME;
+use crate::zygote::Zygote;
 
 /// The descriptor number the channel has in the tenant process.
 const CHANNEL_FD: i32 = 3;
@@ -49,52 +50,42 @@ impl TenantProcess {
     /// Starts a tenant process from this binary and waits until it is in its sandbox with
     /// Python running. Call it from a thread that lives as long as the worker (the process
     /// dies with the thread that started it).
-    pub async fn start(start: Start) -> Result<Arc<TenantProcess>, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find dpms itself: {e}"))?;
+    pub async fn start(
+        start: Start,
+        zygote: Option<Arc<Zygote>>,
+    ) -> Result<Arc<TenantProcess>, String> {
         let (ours, theirs) = crate::ipc::socket_pair().map_err(|e| e.to_string())?;
-        let fd = theirs.as_raw_fd();
-        let stderr = std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
-        cmd.args(["tenant-proc", "--channel", &CHANNEL_FD.to_string()])
-            .env_clear()
-            // The allocator's settings, read before `main`: without them it reserves address
-            // space a gigabyte at a time, which the tenant's RLIMIT_AS counts in full. Fixed
-            // values, never a secret (SPEC §10: `/proc/<pid>/environ` shows this block).
-            .envs(crate::supervisor::MIMALLOC_DEFAULTS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stderr));
-        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                    || libc::dup2(fd, CHANNEL_FD) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
+        let forked = match zygote {
+            Some(z) => {
+                let theirs = theirs.try_clone().map_err(|e| e.to_string())?;
+                // Blocking on the zygote's answer (a fork) off the I/O thread.
+                match tokio::task::spawn_blocking(move || z.fork(&theirs)).await {
+                    Ok(Ok(pid)) => Some(pid),
+                    Ok(Err(e)) => {
+                        tracing::warn!(cause = %e, "tenant zygote failed; starting the tenant process afresh");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "tenant zygote failed; starting the tenant process afresh");
+                        None
+                    }
                 }
-                // dup2 leaves the new descriptor without close-on-exec: it is inherited.
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start a tenant process: {e}"))?;
+            }
+            None => None,
+        };
+        let pid = match forked {
+            Some(pid) => pid,
+            None => exec_tenant(&theirs)?,
+        };
         drop(theirs);
-        let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
-        // Reaped by a thread of its own: the worker's runtime has no child-process driver.
-        let _ = std::thread::Builder::new()
-            .name("dpms-t-reap".into())
-            .spawn(move || {
-                let _ = child.wait();
-            });
+        Self::connect(start, pid, ours).await
+    }
+
+    async fn connect(
+        start: Start,
+        pid: libc::pid_t,
+        ours: std::os::unix::net::UnixStream,
+    ) -> Result<Arc<TenantProcess>, String> {
         let reader = ours.try_clone().map_err(|e| e.to_string())?;
         let mut first = crate::ipc::Sender::<Start>::new(
             ours.try_clone().map_err(|e| e.to_string())?,
@@ -217,6 +208,56 @@ impl TenantProcess {
     }
 }
 
+/// Starts a tenant process by executing this binary afresh (when no zygote is available);
+/// returns its pid. Reaped by a thread of its own: the worker's runtime has no child-process
+/// driver.
+fn exec_tenant(theirs: &std::os::unix::net::UnixStream) -> Result<libc::pid_t, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find dpms itself: {e}"))?;
+    let fd = theirs.as_raw_fd();
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["tenant-proc", "--channel", &CHANNEL_FD.to_string()])
+        .env_clear()
+        // The allocator's settings, read before `main`: without them it reserves address
+        // space a gigabyte at a time, which the tenant's RLIMIT_AS counts in full. Fixed
+        // values, never a secret (SPEC §10: `/proc/<pid>/environ` shows this block).
+        .envs(crate::supervisor::MIMALLOC_DEFAULTS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr));
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+                || libc::dup2(fd, CHANNEL_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 leaves the new descriptor without close-on-exec: it is inherited.
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start a tenant process: {e}"))?;
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+    // Reaped by a thread of its own: the worker's runtime has no child-process driver.
+    let _ = std::thread::Builder::new()
+        .name("dpms-t-reap".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    Ok(pid)
+}
+
 impl Drop for TenantProcess {
     fn drop(&mut self) {
         if !self.dead.swap(true, Ordering::AcqRel) {
@@ -274,13 +315,15 @@ pub type Starter =
 /// One tenant's executor: its process (started at the first load) and how to start another.
 pub struct TenantExec {
     starter: Starter,
+    zygote: Option<Arc<Zygote>>,
     process: tokio::sync::Mutex<Option<Arc<TenantProcess>>>,
 }
 
 impl TenantExec {
-    pub fn new(starter: Starter) -> TenantExec {
+    pub fn new(starter: Starter, zygote: Option<Arc<Zygote>>) -> TenantExec {
         TenantExec {
             starter,
+            zygote,
             process: tokio::sync::Mutex::new(None),
         }
     }
@@ -320,7 +363,7 @@ impl TenantExec {
             return Err("the tenant process died".into());
         }
         let start = (self.starter)().await?;
-        let p = TenantProcess::start(start).await?;
+        let p = TenantProcess::start(start, self.zygote.clone()).await?;
         *slot = Some(Arc::clone(&p));
         Ok(p)
     }

@@ -21,6 +21,7 @@ use crate::plugins::{Registry, Snapshot};
 use crate::router::RouteTable;
 use crate::sandboxed::{Starter, TenantExec};
 use crate::store;
+use crate::zygote::Zygote;
 
 /// Size of a tenant's scratch tmpfs.
 const SCRATCH_BYTES: u64 = 64 << 20;
@@ -112,6 +113,8 @@ pub struct Tenants {
     /// Sandbox layers this kernel lacks; tenant code does not run when any is.
     missing: Vec<&'static str>,
     started: Instant,
+    /// This worker's zygote, started with the first tenant process.
+    zygote: Mutex<Option<Arc<Zygote>>>,
 }
 
 impl Tenants {
@@ -133,6 +136,7 @@ impl Tenants {
             views: Mutex::new(HashMap::new()),
             missing,
             started: Instant::now(),
+            zygote: Mutex::new(None),
         });
         let weak = Arc::downgrade(&tenants);
         let every = (tenants.config.tenant_idle / 4)
@@ -259,7 +263,7 @@ impl Tenants {
 
     /// A new view of `uuid`: its registry loads its files into a new process.
     async fn open_view(self: &Arc<Self>, uuid: Uuid) -> Arc<View> {
-        let exec = Arc::new(TenantExec::new(self.starter(uuid)));
+        let exec = Arc::new(TenantExec::new(self.starter(uuid), self.zygote()));
         let mut config = (*self.config).clone();
         // Its freshness is checked with stat on each of its requests: no inotify instance
         // and no watcher thread per tenant.
@@ -279,6 +283,30 @@ impl Tenants {
             limit: self.config.tenant_concurrency,
             layered: Mutex::new(None),
         })
+    }
+
+    /// The zygote, started on first use (on the I/O thread, which lives as long as the
+    /// worker: the zygote dies with the thread that started it). `None` when it cannot start:
+    /// tenant processes are then started afresh.
+    fn zygote(&self) -> Option<Arc<Zygote>> {
+        let mut slot = match self.zygote.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(z) = slot.as_ref() {
+            return Some(Arc::clone(z));
+        }
+        match Zygote::start() {
+            Ok(z) => {
+                let z = Arc::new(z);
+                *slot = Some(Arc::clone(&z));
+                Some(z)
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "tenant zygote unavailable; tenant processes start afresh");
+                None
+            }
+        }
     }
 
     /// How to start `uuid`'s process: its secrets are read when it starts (so a change
