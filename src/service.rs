@@ -255,10 +255,17 @@ async fn route(
     let (api, module_index, module_segment, params_at) = match located {
         Located::Dir(only) => {
             return match verb {
-                Verb::Call(Method::Get) | Verb::Head => Ok((
-                    response::json_value(StatusCode::OK, &snap.table.dir(only)),
-                    Some("__dir__".into()),
-                )),
+                Verb::Call(Method::Get) | Verb::Head => {
+                    let mut body = snap.table.dir(only);
+                    if let (Some(tenancy), None) = (&app.tenancy, only) {
+                        let unowned = tenancy.unowned(snap.foreign()).await;
+                        add_unowned(&mut body, &unowned);
+                    }
+                    Ok((
+                        response::json_value(StatusCode::OK, &body),
+                        Some("__dir__".into()),
+                    ))
+                }
                 Verb::Options => Ok((
                     response::options("GET, HEAD, OPTIONS"),
                     Some("__dir__".into()),
@@ -421,6 +428,21 @@ async fn tenant_table(app: &App, view: &View) -> Arc<RouteTable> {
         view.registry.sync(&[]).await
     };
     view.table(&admin, &own)
+}
+
+/// The admin's `__dir__` lists files whose `__ID__` names no registered tenant.
+fn add_unowned(body: &mut serde_json::Value, unowned: &[(String, String)]) {
+    if let Some(imports) = body.get_mut("imports").and_then(|v| v.as_object_mut()) {
+        for (file, owner) in unowned {
+            imports.insert(
+                file.clone(),
+                json!({
+                    "status": "unowned",
+                    "error": format!("`__ID__` names {owner}, which is no registered tenant: served to no one"),
+                }),
+            );
+        }
+    }
 }
 
 /// The tenant's process died under this view (its next request gets a new one).

@@ -47,13 +47,29 @@ pub const ACCESS_BATCH: usize = 32 * 1024;
 
 /// Installs the subscriber once; later calls do nothing. Lines are queued until [`flush`].
 pub fn init(filter: &str) {
+    init_with(filter, LINES)
+}
+
+/// The writer's queue of lines not yet written: tracing-appender's default. Its slots are
+/// allocated and touched up front (about 4 MiB).
+const LINES: usize = 128_000;
+
+/// [`init`] for a tenant process: a short queue, so an idle tenant does not keep 4 MiB of
+/// empty slots (SPEC §11.10's density); a tenant that prints faster than the log is written
+/// loses lines, never the server.
+pub fn init_tenant(filter: &str) {
+    init_with(filter, 1024)
+}
+
+fn init_with(filter: &str, lines: usize) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let (writer, guard) =
-        tracing_appender::non_blocking(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(lines)
+        .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(EscapedFields)

@@ -37,7 +37,7 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     let mut first: Receiver<Start> = Receiver::new(reader, MAX_FRAME);
     let start = first.recv().map_err(|e| format!("no start message: {e}"))?;
     let missing = enter_sandbox(&start, fd)?;
-    crate::telemetry::init("info");
+    crate::telemetry::init_tenant("info");
     let config = tenant_config(&start)?;
     let host = Arc::new(PyHost::start(&config, 0).map_err(|e| e.to_string())?);
     let serving = Arc::clone(&host);

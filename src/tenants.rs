@@ -26,7 +26,7 @@ use crate::zygote::Zygote;
 /// Size of a tenant's scratch tmpfs.
 const SCRATCH_BYTES: u64 = 64 << 20;
 /// Python threads in a tenant process.
-const TENANT_THREADS: usize = 4;
+const TENANT_THREADS: usize = 1;
 
 /// Who a request's uuid names.
 pub enum Caller {
@@ -208,6 +208,23 @@ impl Tenants {
             }
             keep
         });
+    }
+
+    /// Of the files other owners' `__ID__` name (`(<file>.py, owner)`), those whose owner is
+    /// no registered tenant: loaded for no one, shown to the admin as `unowned` (SPEC §7).
+    pub async fn unowned(&self, foreign: &[(String, String)]) -> Vec<(String, String)> {
+        let known = self.known().await.ok();
+        foreign
+            .iter()
+            .filter(|(_, owner)| {
+                let registered = Uuid::parse_str(owner)
+                    .ok()
+                    .zip(known.as_ref())
+                    .is_some_and(|(u, k)| k.tenants.contains_key(&u));
+                !registered
+            })
+            .cloned()
+            .collect()
     }
 
     /// Stops `uuid`'s process now (the tenant was removed).
