@@ -208,17 +208,19 @@ def test_missing_unknown_disabled_removed_are_one_answer(mt, plugins):
         return check
 
     unknown = refused(mt.get(path))
-    # The uuid is not in the answer's wording in any way that depends on what it is.
     assert unknown == refused(mt.get(path)), "the answer for one path is stable"
-    # A path without a uuid, and one whose API does not exist, say nothing more.
-    for other in [f"{api}/", f"{tenant}/no-such-{api}/", f"{tenant}/__dir__/"]:
+    # Another never-registered uuid, no uuid, an API that does not exist, `__dir__`: the same
+    # answer but for the path it repeats.
+    stranger = str(uuid.uuid4())
+    for other in [f"{stranger}/{api}/", f"{api}/", f"{tenant}/no-{api}/", f"{tenant}/__dir__/"]:
         body = refused(mt.get(other))
         assert body == {**unknown, "status": unknown["status"].replace(path, other)}, body
 
     register(mt, tenant)
     on_both(mt, path, answers("mine"))
 
-    admin_api(mt, "PATCH", f"/tenants/{tenant}", json={"enabled": False})
+    r = admin_api(mt, "PATCH", f"/tenants/{tenant}", json={"enabled": False})
+    assert r.status_code == 200, describe(r)
     on_both(mt, path, same_as(unknown))
     cli(mt, "enable", tenant)
     on_both(mt, path, answers("mine"))
@@ -578,6 +580,24 @@ def test_unregistered_owner_shows_as_unowned_in_admin_dir(mt, plugins):
     on_both(mt, f"{ADMIN}/__dir__/", check)
 
 
+def test_owner_change_is_the_next_request(mt, plugins):
+    """A file whose `__ID__` is edited changes hands from the next request on: admin → A → B
+    → admin."""
+    a, b = register(mt), register(mt)
+    mod, api = unique("moving"), unique("api")
+    simple(plugins, mod, api, "v", owner=None)
+    on_both(mt, f"{ADMIN}/{api}/", answers("v"))
+    on_both(mt, f"{a}/{api}/", answers("v"))  # the admin's module, seen by A
+    on_both(mt, f"{b}/{api}/", answers("v"))
+    for owner, value in [(a, "A"), (b, "B"), (None, "admin")]:
+        simple(plugins, mod, api, value, owner=owner)
+        for caller in [ADMIN, a, b]:
+            if owner is None or caller == owner:
+                on_both(mt, f"{caller}/{api}/", answers(value))
+            else:
+                on_both(mt, f"{caller}/{api}/", undefined)
+
+
 @pytest.mark.parametrize(
     "declaration",
     [
@@ -604,6 +624,8 @@ def test_non_literal_owner_is_a_load_error(mt, plugins, declaration):
 
     on_both(mt, f"{ADMIN}/__dir__/", check)
     on_both(mt, f"{ADMIN}/{api}/", undefined)
+    # No tenant takes it either.
+    on_both(mt, f"{register(mt)}/{api}/", undefined)
 
 
 # --------------------------------------------------------------------------------------------
@@ -829,7 +851,7 @@ def test_secret_change_applies_from_the_next_call(mt, plugins):
 # Removal stops the tenant's processes
 
 
-@pytest.mark.parametrize("by", ["api", "cli"])
+@pytest.mark.parametrize("by", ["api", "cli", "disabled"])
 def test_removed_tenant_has_no_process(mt, plugins, by):
     tenant, other = register(mt), register(mt)
     api, o_api = unique("who"), unique("who")
@@ -842,8 +864,10 @@ def test_removed_tenant_has_no_process(mt, plugins, by):
     assert pids_named(comm), f"no process named {comm}"
     if by == "api":
         assert admin_api(mt, "DELETE", f"/tenants/{tenant}").status_code == 200
-    else:
+    elif by == "cli":
         cli(mt, "remove", tenant)
+    else:
+        cli(mt, "disable", tenant)
     wait_for(
         lambda: not pids_named(comm), timeout=PROC_GONE_SECS, interval=0.1, what=f"{comm} gone"
     )
