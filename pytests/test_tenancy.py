@@ -830,11 +830,6 @@ def test_secret_change_applies_from_a_new_process(mt, plugins):
     on_both(mt, f"{tenant}/{api}/", token_is("new"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SPEC §7: a secret change applies from the tenant's next call; src/tenants.rs "
-    "`starter` reads secrets only when the process starts (next process, not next call)",
-)
 def test_secret_change_applies_from_the_next_call(mt, plugins):
     tenant = register(mt)
     api = unique("env")

@@ -296,10 +296,19 @@ impl RouteTable {
         let problems = own
             .problems
             .iter()
-            .map(|p| FileProblem {
-                key: file_name(std::path::Path::new(&p.key)),
-                status: p.status,
-                error: p.error.clone(),
+            .map(|p| {
+                let key = file_name(std::path::Path::new(&p.key));
+                // Its message names the other file by its path: say it without the path.
+                let error = if p.status == "shadowed" {
+                    format!("`{key}` is shadowed by a file of the same name in an earlier plugin folder (the first folder wins)")
+                } else {
+                    p.error.clone()
+                };
+                FileProblem {
+                    key,
+                    status: p.status,
+                    error,
+                }
             })
             .collect();
         let mut table = RouteTable::build(modules, problems);
@@ -450,6 +459,13 @@ impl RouteTable {
         })
     }
 
+    /// Whether a call to `api` can reach endpoint `endpoint` of module `module`.
+    fn routes(&self, api: &str, module: usize, endpoint: usize) -> bool {
+        self.by_api
+            .get(api)
+            .is_some_and(|entries| entries.contains(&(module, endpoint)))
+    }
+
     fn file_label(&self, path: &std::path::Path) -> String {
         if self.relative_files {
             file_name(path)
@@ -496,7 +512,11 @@ impl RouteTable {
                     aliases.insert(alias.clone(), json!(m.name));
                 }
             }
-            for e in &m.endpoints {
+            for (j, e) in m.endpoints.iter().enumerate() {
+                // In a tenant's view a shadowed admin API is not routed: not listed either.
+                if !self.routes(&e.api, i, j) {
+                    continue;
+                }
                 for method in e.methods.iter() {
                     let shared = self
                         .candidates(&e.api, None)

@@ -37,6 +37,10 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     let mut first: Receiver<Start> = Receiver::new(reader, MAX_FRAME);
     let start = first.recv().map_err(|e| format!("no start message: {e}"))?;
     let missing = enter_sandbox(&start, fd)?;
+    // Forked from the zygote, Python's `os.environ` is still the zygote's: make it the
+    // tenant's (its secrets and the fixed set), before any tenant code runs.
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    crate::pyhost::replace_environ(&env).map_err(|e| e.to_string())?;
     crate::telemetry::init_tenant("info");
     let config = tenant_config(&start)?;
     let host = Arc::new(PyHost::start(&config, 0).map_err(|e| e.to_string())?);

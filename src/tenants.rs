@@ -115,6 +115,8 @@ pub struct Tenants {
     started: Instant,
     /// This worker's zygote, started with the first tenant process.
     zygote: Mutex<Option<Arc<Zygote>>>,
+    /// The secrets each tenant's current process started with.
+    secrets: Mutex<HashMap<Uuid, Vec<(String, String)>>>,
 }
 
 impl Tenants {
@@ -137,6 +139,7 @@ impl Tenants {
             missing,
             started: Instant::now(),
             zygote: Mutex::new(None),
+            secrets: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&tenants);
         let every = (tenants.config.tenant_idle / 4)
@@ -173,20 +176,46 @@ impl Tenants {
                 return Ok(Arc::clone(k));
             }
         }
-        // Off the I/O thread: the request path never blocks on SQLite.
+        // Off the I/O thread: the request path never blocks on SQLite. The secrets of the
+        // tenants with a process are read too: a process whose secrets changed is replaced
+        // (its environment is fixed when it starts), so the change applies from its next call.
         let reading = Arc::clone(store);
-        let snap = tokio::task::spawn_blocking(move || reading.snapshot())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let active: Vec<Uuid> = self.lock_views().keys().copied().collect();
+        let (snap, secrets) = tokio::task::spawn_blocking(move || {
+            let snap = reading.snapshot()?;
+            let secrets: Vec<(Uuid, Vec<(String, String)>)> = active
+                .into_iter()
+                .filter_map(|u| reading.secrets(u).ok().map(|s| (u, s)))
+                .collect();
+            Ok::<_, store::StoreError>((snap, secrets))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         let snap = Arc::new(snap);
         *self.lock_known() = Some(Arc::clone(&snap));
         self.forget_unknown(&snap);
+        for (uuid, now) in secrets {
+            let changed = self
+                .lock_secrets()
+                .get(&uuid)
+                .is_some_and(|started| *started != now);
+            if changed {
+                self.stop(uuid);
+            }
+        }
         Ok(snap)
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, Option<Arc<store::Snapshot>>> {
         match self.known.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn lock_secrets(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<(String, String)>>> {
+        match self.secrets.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
@@ -345,6 +374,7 @@ impl Tenants {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        self.lock_secrets().insert(uuid, secrets.clone());
         let c = &self.config;
         let mut read_only: Vec<String> = [
             "/usr/lib/python3.11",

@@ -546,19 +546,15 @@ impl Registry {
         let mut listing: Vec<(String, PathBuf)> = Vec::new();
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         let mut problems: Vec<FileProblem> = Vec::new();
+        // Files of a name already seen in an earlier folder: the first folder wins among files
+        // of this registry's scope, so which one is used is decided once the owners are known.
+        let mut later: Vec<(String, PathBuf)> = Vec::new();
         for dir in &dirs {
             for name in dir.names() {
                 let stem = name.trim_end_matches(".py").to_string();
                 let path = dir.path.join(name);
-                if let Some((_, first)) = first_seen.get(&stem).map(|&i| &listing[i]) {
-                    problems.push(FileProblem {
-                        key: path.display().to_string(),
-                        status: "shadowed",
-                        error: format!(
-                            "`{name}` is shadowed by {} (the first folder wins)",
-                            first.display()
-                        ),
-                    });
+                if first_seen.contains_key(&stem) {
+                    later.push((stem, path));
                 } else {
                     first_seen.insert(stem.clone(), listing.len());
                     listing.push((stem, path));
@@ -673,6 +669,51 @@ impl Registry {
                     }),
                 },
             }
+        }
+        // A name whose first file belongs to another owner is this scope's file in a later
+        // folder, if one is; of two files of this scope, the later one is shadowed.
+        for (stem, path) in &later {
+            let Some(slot) = files.iter().position(|f| &f.stem == stem) else {
+                continue;
+            };
+            let state = match old_files
+                .get(stem.as_str())
+                .filter(|f| &f.path == path && f.state.is_current(path))
+            {
+                Some(f) => Arc::clone(&f.state),
+                None => match FileState::read(path) {
+                    Ok(state) => Arc::new(state),
+                    Err(_) => continue,
+                },
+            };
+            let verdict = self.scope.verdict(&owner::declared(&state.source));
+            if verdict != Verdict::Load {
+                continue;
+            }
+            if files[slot].verdict == Verdict::Load {
+                let name = format!("{stem}.py");
+                problems.push(FileProblem {
+                    key: path.display().to_string(),
+                    status: "shadowed",
+                    error: format!(
+                        "`{name}` is shadowed by {} (the first folder wins)",
+                        files[slot].path.display()
+                    ),
+                });
+                continue;
+            }
+            if old_files
+                .get(stem.as_str())
+                .is_none_or(|f| &f.path != path || !Arc::ptr_eq(&f.state, &state))
+            {
+                changed.insert(stem.clone());
+            }
+            files[slot] = TrackedFile {
+                stem: stem.clone(),
+                path: path.clone(),
+                state,
+                verdict,
+            };
         }
         let present: HashSet<&str> = files.iter().map(|f| f.stem.as_str()).collect();
         let removed: Vec<String> = old

@@ -300,6 +300,21 @@ pub fn zygote_prepare() -> Result<(), HostError> {
     .map_err(|e| HostError::Setup(e.to_string()))
 }
 
+/// Makes `os.environ` exactly `env` (and the C environment with it). A process forked from
+/// the zygote inherits the zygote's `os.environ`, which Python read once when it started.
+pub fn replace_environ(env: &[(String, String)]) -> Result<(), HostError> {
+    init_interpreter()?;
+    Python::attach(|py| -> PyResult<()> {
+        let environ = py.import("os")?.getattr("environ")?;
+        environ.call_method0("clear")?;
+        for (key, value) in env {
+            environ.set_item(key, value)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| HostError::Setup(e.to_string()))
+}
+
 /// Forks this single-threaded process with the interpreter's fork protocol (its locks held
 /// across the fork, its state reset in the child). Returns the child's pid in the parent and
 /// 0 in the child, which may then use Python as usual.
