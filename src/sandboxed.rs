@@ -316,14 +316,16 @@ pub type Starter =
 pub struct TenantExec {
     starter: Starter,
     zygote: Option<Arc<Zygote>>,
+    deaths: Arc<Deaths>,
     process: tokio::sync::Mutex<Option<Arc<TenantProcess>>>,
 }
 
 impl TenantExec {
-    pub fn new(starter: Starter, zygote: Option<Arc<Zygote>>) -> TenantExec {
+    pub fn new(starter: Starter, zygote: Option<Arc<Zygote>>, deaths: Arc<Deaths>) -> TenantExec {
         TenantExec {
             starter,
             zygote,
+            deaths,
             process: tokio::sync::Mutex::new(None),
         }
     }
@@ -412,7 +414,105 @@ impl TenantExec {
     }
 }
 
+/// How many times importing each source killed a tenant process (by a hash of its name and
+/// bytes), shared by a worker's tenants: twice, and the source is not imported again
+/// (SPEC §11.7, quarantine as in §9).
+#[derive(Default)]
+pub struct Deaths(Mutex<HashMap<u64, u32>>);
+
+/// Imports that killed their process this many times are quarantined.
+const QUARANTINE_AFTER: u32 = 2;
+
+impl Deaths {
+    fn key(request: &LoadRequest) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        request.name.hash(&mut h);
+        request.source.hash(&mut h);
+        h.finish()
+    }
+
+    fn count(&self, request: &LoadRequest) -> u32 {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&Self::key(request)).copied())
+            .unwrap_or(0)
+    }
+
+    fn died(&self, requests: &[&LoadRequest]) {
+        if let Ok(mut m) = self.0.lock() {
+            for r in requests {
+                *m.entry(Self::key(r)).or_insert(0) += 1;
+            }
+        }
+    }
+
+    fn survived(&self, request: &LoadRequest) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&Self::key(request));
+        }
+    }
+}
+
+impl TenantExec {
+    /// One load message and its checked answer; `Err` when the process died or misbehaved.
+    async fn load_batch(
+        &self,
+        process: &Arc<TenantProcess>,
+        files: Option<Vec<FinderEntry>>,
+        forget: Vec<String>,
+        batch: &[&LoadRequest],
+    ) -> Result<Vec<Loaded>, String> {
+        let owned: Vec<LoadRequest> = batch.iter().map(|r| (*r).clone()).collect();
+        let answer = process.ask(|id| ToTenant::Load {
+            id,
+            files: files.as_deref().map(files_to_wire),
+            forget,
+            requests: requests_to_wire(&owned),
+        });
+        let reports = match answer.await {
+            Ok(FromTenant::Loaded { result, .. }) => result?,
+            Ok(_) | Err(_) => {
+                process.kill();
+                self.deaths.died(batch);
+                return Err("the tenant process stopped while loading".into());
+            }
+        };
+        if reports.len() != batch.len() {
+            process.kill();
+            return Err("the tenant process answered a load with the wrong count".into());
+        }
+        let mut loaded = Vec::with_capacity(reports.len());
+        for (report, request) in reports.into_iter().zip(batch) {
+            self.deaths.survived(request);
+            loaded.push(match report {
+                WireLoaded::Ok { json } => match serde_json::from_str::<Report>(&json) {
+                    Ok(Report::Ok(description)) => Loaded::Ok {
+                        description,
+                        json,
+                        code: CodeRef::new(RemoteModule {
+                            process: Arc::clone(process),
+                        }),
+                    },
+                    _ => {
+                        process.kill();
+                        return Err("the tenant process sent a bad module description".into());
+                    }
+                },
+                WireLoaded::ImportError { error, traceback } => {
+                    Loaded::ImportError { error, traceback }
+                }
+                WireLoaded::Refused { error } => Loaded::Refused { error },
+            });
+        }
+        Ok(loaded)
+    }
+}
+
 impl Loader for TenantExec {
+    /// Sources whose import killed a process before are imported one at a time after the
+    /// others, so the one that kills again is the one counted; twice, and it is quarantined.
     fn load(
         &self,
         files: Option<Vec<FinderEntry>>,
@@ -421,46 +521,46 @@ impl Loader for TenantExec {
     ) -> Pin<Box<dyn Future<Output = crate::exec::load::LoadResult> + Send + '_>> {
         Box::pin(async move {
             let process = self.process().await?;
-            let answer = process.ask(|id| ToTenant::Load {
-                id,
-                files: files.as_deref().map(files_to_wire),
-                forget,
-                requests: requests_to_wire(&requests),
-            });
-            let reports = match answer.await {
-                Ok(FromTenant::Loaded { result, .. }) => result?,
-                Ok(_) | Err(_) => {
-                    process.kill();
-                    return Err("the tenant process stopped while loading".into());
-                }
-            };
-            if reports.len() != requests.len() {
-                process.kill();
-                return Err("the tenant process answered a load with the wrong count".into());
-            }
-            let mut loaded = Vec::with_capacity(reports.len());
-            for report in reports {
-                loaded.push(match report {
-                    WireLoaded::Ok { json } => match serde_json::from_str::<Report>(&json) {
-                        Ok(Report::Ok(description)) => Loaded::Ok {
-                            description,
-                            json,
-                            code: CodeRef::new(RemoteModule {
-                                process: Arc::clone(&process),
-                            }),
-                        },
-                        _ => {
-                            process.kill();
-                            return Err("the tenant process sent a bad module description".into());
-                        }
-                    },
-                    WireLoaded::ImportError { error, traceback } => {
-                        Loaded::ImportError { error, traceback }
+            let mut results: Vec<Option<Loaded>> = requests.iter().map(|_| None).collect();
+            let mut clean: Vec<usize> = Vec::new();
+            let mut suspects: Vec<usize> = Vec::new();
+            for (i, r) in requests.iter().enumerate() {
+                match self.deaths.count(r) {
+                    0 => clean.push(i),
+                    n if n >= QUARANTINE_AFTER => {
+                        results[i] = Some(Loaded::ImportError {
+                            error: format!(
+                                "quarantined: importing this version of `{}` killed its tenant process {n} times",
+                                r.name
+                            ),
+                            traceback: String::new(),
+                        });
                     }
-                    WireLoaded::Refused { error } => Loaded::Refused { error },
-                });
+                    _ => suspects.push(i),
+                }
             }
-            Ok(loaded)
+            let mut groups: Vec<Vec<usize>> = Vec::new();
+            if !clean.is_empty() {
+                groups.push(clean);
+            }
+            groups.extend(suspects.into_iter().map(|i| vec![i]));
+            let (mut files, mut forget) = (files, forget);
+            if groups.is_empty() && (files.is_some() || !forget.is_empty()) {
+                groups.push(Vec::new());
+            }
+            for group in groups {
+                let batch: Vec<&LoadRequest> = group.iter().map(|&i| &requests[i]).collect();
+                let loaded = self
+                    .load_batch(&process, files.take(), std::mem::take(&mut forget), &batch)
+                    .await?;
+                for (i, l) in group.into_iter().zip(loaded) {
+                    results[i] = Some(l);
+                }
+            }
+            results
+                .into_iter()
+                .map(|r| r.ok_or_else(|| "a load result is missing".to_string()))
+                .collect()
         })
     }
 }

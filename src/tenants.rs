@@ -19,7 +19,7 @@ use crate::exec::wire::Start;
 use crate::plugins::owner::Scope;
 use crate::plugins::{Registry, Snapshot};
 use crate::router::RouteTable;
-use crate::sandboxed::{Starter, TenantExec};
+use crate::sandboxed::{Deaths, Starter, TenantExec};
 use crate::store;
 use crate::zygote::Zygote;
 
@@ -117,6 +117,8 @@ pub struct Tenants {
     zygote: Mutex<Option<Arc<Zygote>>>,
     /// The secrets each tenant's current process started with.
     secrets: Mutex<HashMap<Uuid, Vec<(String, String)>>>,
+    /// Imports that killed tenant processes (the quarantine's count).
+    deaths: Arc<Deaths>,
 }
 
 impl Tenants {
@@ -140,6 +142,7 @@ impl Tenants {
             started: Instant::now(),
             zygote: Mutex::new(None),
             secrets: Mutex::new(HashMap::new()),
+            deaths: Arc::new(Deaths::default()),
         });
         let weak = Arc::downgrade(&tenants);
         let every = (tenants.config.tenant_idle / 4)
@@ -309,7 +312,11 @@ impl Tenants {
 
     /// A new view of `uuid`: its registry loads its files into a new process.
     async fn open_view(self: &Arc<Self>, uuid: Uuid) -> Arc<View> {
-        let exec = Arc::new(TenantExec::new(self.starter(uuid), self.zygote()));
+        let exec = Arc::new(TenantExec::new(
+            self.starter(uuid),
+            self.zygote(),
+            Arc::clone(&self.deaths),
+        ));
         let mut config = (*self.config).clone();
         // Its freshness is checked with stat on each of its requests: no inotify instance
         // and no watcher thread per tenant.
@@ -339,7 +346,7 @@ impl Tenants {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some(z) = slot.as_ref() {
+        if let Some(z) = slot.as_ref().filter(|z| z.is_alive()) {
             return Some(Arc::clone(z));
         }
         match Zygote::start() {

@@ -113,6 +113,8 @@ fn fork_tenant(channel: OwnedFd, control: RawFd) -> libc::pid_t {
 pub struct Zygote {
     control: Mutex<UnixStream>,
     pid: libc::pid_t,
+    /// Cleared when the zygote exited (a new one is started for the next tenant process).
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Zygote {
@@ -153,14 +155,18 @@ impl Zygote {
             .map_err(|e| format!("cannot start the tenant zygote: {e}"))?;
         drop(theirs);
         let pid = libc::pid_t::try_from(child.id()).unwrap_or(0);
+        let alive = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let watching = std::sync::Arc::clone(&alive);
         let _ = std::thread::Builder::new()
             .name("dpms-zygote-reap".into())
             .spawn(move || {
                 let _ = child.wait();
+                watching.store(false, std::sync::atomic::Ordering::Release);
             });
         Ok(Zygote {
             control: Mutex::new(ours),
             pid,
+            alive,
         })
     }
 
@@ -190,9 +196,14 @@ impl Zygote {
         }
     }
 
-    /// Whether the zygote process still runs.
+    /// The zygote's pid.
     pub fn pid(&self) -> libc::pid_t {
         self.pid
+    }
+
+    /// Whether the zygote process still runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
