@@ -39,6 +39,7 @@ DOTENV_KEY = "STEST_DOTENV_ONLY"
 DOTENV_VALUE = "dotenv-value-the-tenant-must-not-see"
 SECRET_VALUE = "a-secret-for-tenant-a-only"
 HOST_MARKER_ENV = "STEST_HOST_ONLY"
+ROUNDS = 12  # repetitions of a check that must hold every time
 # Python-level denial of a syscall by seccomp (EPERM) or Landlock (EACCES).
 DENIED = (errno.EPERM, errno.EACCES)
 
@@ -362,6 +363,28 @@ def channel(kind):
     return "survived"
 '''
 
+#: A forged answer to the call `id` (the host numbers a fresh process's messages from 1).
+FORGE = '''
+
+@expose.endpoint(method="POST", API="$p-forge")
+def forge(id, status, headers, body):
+    import base64, json
+    frame = json.dumps({
+        "op": "done",
+        "id": id,
+        "result": {
+            "kind": "custom",
+            "status": status,
+            "headers": headers,
+            "content_type": "text/plain",
+            "body": base64.b64encode(body.encode()).decode(),
+        },
+    }).encode()
+    os.write(3, len(frame).to_bytes(4, "big") + frame)
+    time.sleep(1)
+    return "real answer"
+'''
+
 #: Tenant B: the bystander every test calls afterwards.
 TENANT_B = '''
 __ID__ = "$uuid"
@@ -573,7 +596,7 @@ def make_site(root, env, tag):
     a_p, b_p, adm_p = f"a{hex_}", f"b{hex_}", f"adm{hex_}"
     import_marker = f"/tmp/dpms-stest-import-{hex_}"
     (folder / f"{a_mod}.py").write_text(
-        source(TENANT_A, uuid=a_id, p=a_p, import_marker=import_marker, memory=MEMORY_MIB)
+        source(TENANT_A + FORGE, uuid=a_id, p=a_p, import_marker=import_marker, memory=MEMORY_MIB)
     )
     (folder / f"{b_mod}.py").write_text(source(TENANT_B, uuid=b_id, p=b_p))
     (folder / f"{adm_mod}.py").write_text(source(ADMIN_MODULE, p=adm_p))
@@ -982,6 +1005,24 @@ def test_7_killed_process_answers_its_in_flight_call(site):
     site.others_still_served(worker)
 
 
+def test_7_killed_between_calls_next_call_gets_a_new_process(site):
+    """Killed while idle: no call was in flight, so none is lost; the next call, sent once the
+    kernel has reaped the process, runs in a new one. It must hold every time, so it is tried
+    ROUNDS times (a real bug today, lost in about a third of the rounds: see the report)."""
+    worker = site.admin_pid()
+    answers = []
+    for _ in range(ROUNDS):
+        old = site.a.pid()
+        os.kill(old, 9)
+        wait_for(lambda: not alive(old), timeout=10, what=f"process {old} to die")
+        r = site.a.get("info")
+        answers.append(r.status_code)
+        if r.status_code != 200:
+            assert r.status_code == 502 and err_code(r) == "worker_lost", describe(r)
+    assert answers == [200] * ROUNDS, answers
+    site.others_still_served(worker)
+
+
 def test_7_memory_limit(site):
     worker = site.admin_pid()
     # One allocation past the limit fails inside the process, which lives on.
@@ -1015,6 +1056,48 @@ def test_8_hostile_channel_kills_only_that_process(site, kind):
     assert site.a.info()["pid"] == 1
     assert site.a.pid() != old
     site.others_still_served(worker)
+
+
+def forge(site, id_, status, headers=(), body="forged"):
+    """On a fresh process of A (its first call after a start), A answers call ``id_`` with a
+    forged frame of its own making."""
+    # An in-flight death: the host has marked the process lost when the 502 arrives.
+    r = site.a.get("exit")
+    assert r.status_code == 502, describe(r)
+    payload = {"id": id_, "status": status, "headers": [list(h) for h in headers], "body": body}
+    return site.a.post("forge", json=payload)
+
+
+@pytest.fixture(scope="module")
+def forged_id(site):
+    """The id the host gives the first call of a fresh process, found with a well-formed
+    forged answer (a wrong guess is an unknown id: the process is killed, 502)."""
+    for guess in range(1, 9):
+        r = forge(site, guess, 200)
+        if r.status_code == 200 and r.text == "forged":
+            return guess
+        assert r.status_code == 502, describe(r)
+    pytest.fail("no id in 1..8 is the first call's")
+
+
+def test_8_forged_headers_are_checked_by_the_host(site, forged_id):
+    headers = [("X-Forged", "1"), ("Content-Length", "0"), ("X-Split", "a\r\nInjected: yes")]
+    r = forge(site, forged_id, 200, headers, body="forged")
+    assert r.status_code == 200 and r.text == "forged", describe(r)
+    assert r.headers.get("X-Forged") == "1"
+    assert "Injected" not in r.headers and "X-Split" not in r.headers, describe(r)
+    site.others_still_served()
+
+
+@pytest.mark.parametrize("status", [999, 101, 100])
+def test_8_forged_status_outside_200_599_is_refused(site, forged_id, status):
+    """In the server's own interpreter a status outside 200-599 is the plugin's error
+    (src/pyhost/worker.rs); from a tenant's process it is a message the host must not
+    trust: the process is killed and the call answers 502 `worker_lost`."""
+    r = forge(site, forged_id, status)
+    assert r.status_code == 502 and err_code(r) == "worker_lost", describe(r)
+    assert site.a.info()["pid"] == 1
+    site.others_still_served()
 
 
 # --------------------------------------------------------------------------------------------
