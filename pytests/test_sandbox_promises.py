@@ -305,6 +305,24 @@ def orphan(marker, then):
     time.sleep(10**6)
 
 
+@expose.endpoint(method="POST", API="$p-say")
+def say(text, raw=False):
+    if raw:
+        # Below Python's captured streams: the descriptors themselves.
+        os.write(1, text.encode() + b"\\n")
+        os.write(2, text.encode() + b"\\n")
+    else:
+        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)
+    return "said"
+
+
+@expose.endpoint(method="POST", API="$p-nap")
+def nap(secs):
+    time.sleep(secs)
+    return "rested"
+
+
 @expose.endpoint(method="GET", API="$p-exit")
 def exit_now():
     os._exit(3)
@@ -1209,6 +1227,27 @@ def test_8_forged_status_outside_200_599_is_refused(site, forged_id, status):
 
 
 # --------------------------------------------------------------------------------------------
+# §11's closing paragraph: output of tenant code
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["print", "os.write"])
+def test_output_is_tagged_and_cannot_forge_log_lines(site, raw):
+    """Tenant output reaches the server log tagged with the tenant and the module, one record
+    per write: a newline in it cannot start a line that looks like the server's own, whether
+    it is printed or written to the descriptors 1 and 2 directly."""
+    tag = uuid.uuid4().hex
+    fake = f"2026-01-01T00:00:00.000000Z  INFO dpms::access: forged={tag}"
+    text = f"hello-{tag}" + chr(10) + fake
+    assert site.a.result(site.a.post("say", json={"text": text, "raw": raw}), "say") == "said"
+    wait_for(lambda: site.server.full_log().count(f"hello-{tag}") >= 2, timeout=10, what="the output")
+    lines = site.server.full_log().splitlines()
+    assert not [line for line in lines if line.startswith(fake)], "a tenant wrote a log line of its own"
+    for line in (line for line in lines if f"hello-{tag}" in line):
+        assert site.a.module in line and site.a.uuid in line, line
+    site.others_still_served()
+
+
+# --------------------------------------------------------------------------------------------
 # 10. Idle reaping
 
 
@@ -1229,4 +1268,16 @@ def test_10_idle_tenant_costs_no_process(idle_site):
     assert not alive(old)
     assert site.a.info()["pid"] == 1
     assert site.a.pid() != old
+    site.others_still_served()
+
+
+def test_10_a_busy_tenant_is_not_idle(idle_site):
+    """A call running longer than DPMS_TENANT_IDLE_SECS keeps its process: idle means no
+    call, not no new call (a real bug today, see the report)."""
+    site = idle_site
+    old = site.a.pid()
+    r = site.a.post("nap", json={"secs": 3})
+    assert r.status_code == 200, describe(r)
+    assert site.a.result(r, "nap") == "rested"
+    assert old in site.a.current_pids(), "the process was replaced under the call"
     site.others_still_served()
