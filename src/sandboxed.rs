@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::exec::wire::{
-    files_to_wire, requests_to_wire, FromTenant, Start, ToTenant, WireArgs, WireLoaded, WireRequest,
+    files_to_wire, requests_to_wire, FromTenant, Start, ToTenant, WireArgs, WireLoaded,
+    WireRequest, WireResult,
 };
 use crate::exec::{CallFailure, CodeRef, FinderEntry, LoadRequest, Loaded, Loader, Report};
 use crate::marshal::CallArgs;
@@ -44,6 +45,13 @@ pub struct TenantProcess {
     pending: Mutex<HashMap<u64, oneshot::Sender<FromTenant>>>,
     next_id: AtomicU64,
     dead: AtomicBool,
+    /// A second handle on the host's end of the channel, polled for the peer's hang-up: a
+    /// process that died is known dead before a call is sent to it, even if the reader task
+    /// has not run since.
+    probe: std::os::unix::net::UnixStream,
+    /// The module of the last call sent: what raw output (written to descriptors 1 and 2
+    /// rather than printed) is tagged with.
+    last_module: Mutex<String>,
 }
 
 impl TenantProcess {
@@ -55,11 +63,15 @@ impl TenantProcess {
         zygote: Option<Arc<Zygote>>,
     ) -> Result<Arc<TenantProcess>, String> {
         let (ours, theirs) = crate::ipc::socket_pair().map_err(|e| e.to_string())?;
+        // The tenant's descriptors 1 and 2: a pipe this worker reads, so whatever it writes
+        // reaches the log as lines tagged with the tenant, never as lines of its own.
+        let (output, output_end) = std::io::pipe().map_err(|e| e.to_string())?;
         let forked = match zygote {
             Some(z) => {
                 let theirs = theirs.try_clone().map_err(|e| e.to_string())?;
+                let out = output_end.try_clone().map_err(|e| e.to_string())?;
                 // Blocking on the zygote's answer (a fork) off the I/O thread.
-                match tokio::task::spawn_blocking(move || z.fork(&theirs)).await {
+                match tokio::task::spawn_blocking(move || z.fork(&theirs, &out)).await {
                     Ok(Ok(pid)) => Some(pid),
                     Ok(Err(e)) => {
                         tracing::warn!(cause = %e, "tenant zygote failed; starting the tenant process afresh");
@@ -75,10 +87,14 @@ impl TenantProcess {
         };
         let pid = match forked {
             Some(pid) => pid,
-            None => exec_tenant(&theirs)?,
+            None => exec_tenant(&theirs, &output_end)?,
         };
         drop(theirs);
-        Self::connect(start, pid, ours).await
+        drop(output_end);
+        let tenant = start.tenant.clone();
+        let process = Self::connect(start, pid, ours).await?;
+        relay_output(output, tenant, Arc::downgrade(&process));
+        Ok(process)
     }
 
     async fn connect(
@@ -87,6 +103,7 @@ impl TenantProcess {
         ours: std::os::unix::net::UnixStream,
     ) -> Result<Arc<TenantProcess>, String> {
         let reader = ours.try_clone().map_err(|e| e.to_string())?;
+        let probe = ours.try_clone().map_err(|e| e.to_string())?;
         let mut first = crate::ipc::Sender::<Start>::new(
             ours.try_clone().map_err(|e| e.to_string())?,
             MAX_FRAME,
@@ -121,6 +138,8 @@ impl TenantProcess {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
+            probe,
+            last_module: Mutex::new(String::new()),
         });
         let writer = Arc::downgrade(&process);
         tokio::spawn(async move {
@@ -173,7 +192,27 @@ impl TenantProcess {
 
     /// Whether the process is gone (killed, crashed or its channel broken).
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::Acquire)
+        if self.dead.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.hung_up() {
+            self.kill();
+            return true;
+        }
+        false
+    }
+
+    /// Whether the tenant's end of the channel is closed (its pid 1 died: the sandbox's
+    /// middle process keeps no copy).
+    fn hung_up(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.probe.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd, no timeout.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        ready > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
     }
 
     /// The host pid of the process (its sandbox's middle process).
@@ -211,13 +250,14 @@ impl TenantProcess {
 /// Starts a tenant process by executing this binary afresh (when no zygote is available);
 /// returns its pid. Reaped by a thread of its own: the worker's runtime has no child-process
 /// driver.
-fn exec_tenant(theirs: &std::os::unix::net::UnixStream) -> Result<libc::pid_t, String> {
+fn exec_tenant(
+    theirs: &std::os::unix::net::UnixStream,
+    output: &std::io::PipeWriter,
+) -> Result<libc::pid_t, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find dpms itself: {e}"))?;
     let fd = theirs.as_raw_fd();
-    let stderr = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| e.to_string())?;
+    let stdout = output.try_clone().map_err(|e| e.to_string())?;
+    let stderr = output.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["tenant-proc", "--channel", &CHANNEL_FD.to_string()])
         .env_clear()
@@ -226,7 +266,8 @@ fn exec_tenant(theirs: &std::os::unix::net::UnixStream) -> Result<libc::pid_t, S
         // values, never a secret (SPEC §10: `/proc/<pid>/environ` shows this block).
         .envs(crate::supervisor::MIMALLOC_DEFAULTS)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(stderr));
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
     // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
     unsafe {
         cmd.pre_exec(move || {
@@ -274,6 +315,65 @@ fn kill_pid(pid: libc::pid_t) {
             libc::kill(pid, libc::SIGKILL);
         }
     }
+}
+
+/// Longest line of tenant output logged as one record; the rest of a longer line follows in
+/// further records.
+const MAX_OUTPUT_LINE: usize = 8 * 1024;
+
+/// Logs what the tenant process writes to its descriptors 1 and 2, line by line, each line
+/// one record tagged with the tenant and the module it was last asked to run. Its own log
+/// lines (its `print`s, tagged with their module inside) arrive this way too.
+fn relay_output(
+    output: std::io::PipeReader,
+    tenant: String,
+    process: std::sync::Weak<TenantProcess>,
+) {
+    let fd: OwnedFd = output.into();
+    let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot read a tenant process's output");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut receiver = receiver;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let n = match receiver.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(end) = pending
+                .iter()
+                .position(|&b| b == b'\n')
+                .or_else(|| (pending.len() >= MAX_OUTPUT_LINE).then_some(MAX_OUTPUT_LINE))
+            {
+                let line: Vec<u8> = pending.drain(..=end.min(pending.len() - 1)).collect();
+                log_output(&tenant, &process, &line);
+            }
+        }
+        if !pending.is_empty() {
+            log_output(&tenant, &process, &pending);
+        }
+    });
+}
+
+fn log_output(tenant: &str, process: &std::sync::Weak<TenantProcess>, line: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return;
+    }
+    let module = process
+        .upgrade()
+        .and_then(|p| p.last_module.lock().ok().map(|m| m.clone()))
+        .unwrap_or_default();
+    tracing::info!(target: "dpms::tenant", tenant, module = %module, "{text}");
 }
 
 /// The plain-data copy of a request a tenant's process receives.
@@ -388,6 +488,9 @@ impl TenantExec {
         if process.is_dead() {
             return Dispatch::Done(Err(CallFailure::WorkerLost));
         }
+        if let Ok(mut last) = process.last_module.lock() {
+            last.clone_from(&module.name);
+        }
         let answer = process.ask(|id| ToTenant::Call {
             id,
             module: module.name.clone(),
@@ -399,6 +502,18 @@ impl TenantExec {
         let watched = Arc::clone(&process);
         tokio::spawn(async move {
             let result = match answer.await {
+                Ok(FromTenant::Done {
+                    result: WireResult::Custom { status, .. },
+                    ..
+                }) if !(200..=599).contains(&status) => {
+                    // The in-process path never produces it: the process lies (SPEC §11.8).
+                    tracing::warn!(
+                        status,
+                        "tenant process answered with an impossible status; killing it"
+                    );
+                    watched.kill();
+                    Err(CallFailure::WorkerLost)
+                }
                 Ok(FromTenant::Done { result, .. }) => result.into_result(),
                 Ok(other) => {
                     tracing::warn!(message = ?other, "tenant process answered a call with another message; killing it");

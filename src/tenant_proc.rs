@@ -31,11 +31,20 @@ pub const MAX_FRAME: u32 = 256 << 20;
 /// Runs the tenant process on the inherited channel `fd`; returns only on failure or when
 /// the host closed the channel.
 pub fn run(fd: RawFd) -> Result<(), String> {
+    // One malloc arena: glibc reserves 64 MiB of address space per thread's arena, which
+    // RLIMIT_AS (DPMS_TENANT_MEMORY) counts in full; a tenant's threads share one.
+    // SAFETY: mallopt with plain integers, before this process starts a thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     // SAFETY: the worker passed this descriptor open, for this process alone.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
     let reader = stream.try_clone().map_err(|e| format!("channel: {e}"))?;
     let mut first: Receiver<Start> = Receiver::new(reader, MAX_FRAME);
     let start = first.recv().map_err(|e| format!("no start message: {e}"))?;
+    // Closed now: the sandbox closes every descriptor but the channel, and a second close
+    // of this number later would close whatever reused it.
+    drop(first);
     let missing = enter_sandbox(&start, fd)?;
     // Forked from the zygote, Python's `os.environ` is still the zygote's: make it the
     // tenant's (its secrets and the fixed set), before any tenant code runs.

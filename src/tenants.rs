@@ -271,7 +271,9 @@ impl Tenants {
         let now = self.now();
         self.lock_views().retain(|_, view| {
             let idle = now.saturating_sub(view.last_used.load(Ordering::Relaxed));
-            let keep = Duration::from_millis(idle) < self.config.tenant_idle;
+            // A tenant with a call running is not idle, however long the call takes.
+            let busy = view.running.load(Ordering::Acquire) > 0;
+            let keep = busy || Duration::from_millis(idle) < self.config.tenant_idle;
             if !keep {
                 view.exec.stop();
             }

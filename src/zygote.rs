@@ -3,8 +3,9 @@
 //! standard modules imported and frozen, which forks one child per tenant process. A fork of
 //! this pre-imported parent costs a few milliseconds where a fresh interpreter costs tens.
 //!
-//! Protocol on its control socket: the worker sends one byte with one descriptor attached
-//! (`SCM_RIGHTS`): the tenant process's end of a new channel. The zygote forks; the child
+//! Protocol on its control socket: the worker sends one byte with two descriptors attached
+//! (`SCM_RIGHTS`): the tenant process's end of a new channel, and the pipe its descriptors 1
+//! and 2 write to. The zygote forks; the child
 //! reads its `Start` from that channel and becomes the tenant process (see
 //! [`crate::tenant_proc`]); the parent answers with the child's pid (4 bytes, big-endian; 0
 //! when the fork failed). The zygote never reads a `Start`, so it never holds a secret, and
@@ -35,7 +36,7 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     loop {
         let mut byte = [0u8; 1];
         let mut iov = [IoSliceMut::new(&mut byte)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut space = nix::cmsg_space!([RawFd; 2]);
         let msg = recvmsg::<()>(
             control.as_raw_fd(),
             &mut iov,
@@ -46,23 +47,21 @@ pub fn run(fd: RawFd) -> Result<(), String> {
         if msg.bytes == 0 {
             return Ok(()); // the worker is gone
         }
-        let mut channel: Option<OwnedFd> = None;
+        let mut fds: Vec<OwnedFd> = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for cmsg in cmsgs {
-                if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                    for fd in fds {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    for fd in received {
                         // SAFETY: the kernel just gave us this descriptor.
-                        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                        if channel.is_none() {
-                            channel = Some(owned);
-                        }
+                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
                     }
                 }
             }
         }
-        let pid = match channel {
-            Some(channel) => fork_tenant(channel, control.as_raw_fd()),
-            None => 0,
+        let mut fds = fds.into_iter();
+        let pid = match (fds.next(), fds.next()) {
+            (Some(channel), Some(output)) => fork_tenant(channel, output, control.as_raw_fd()),
+            _ => 0,
         };
         let mut out = std::fs::File::from(control.try_clone().map_err(|e| e.to_string())?);
         out.write_all(&(pid.max(0) as u32).to_be_bytes())
@@ -72,7 +71,7 @@ pub fn run(fd: RawFd) -> Result<(), String> {
 
 /// Forks the child that becomes a tenant process; returns its pid (0 on failure). The child
 /// never returns from here.
-fn fork_tenant(channel: OwnedFd, control: RawFd) -> libc::pid_t {
+fn fork_tenant(channel: OwnedFd, output: OwnedFd, control: RawFd) -> libc::pid_t {
     match crate::pyhost::fork_with_python() {
         Ok(0) => {
             // SAFETY: the child resets what it inherited: default SIGCHLD (the sandbox's
@@ -86,11 +85,21 @@ fn fork_tenant(channel: OwnedFd, control: RawFd) -> libc::pid_t {
                     0,
                     0,
                 );
-                libc::close(control);
+                // The channel takes descriptor 3 (the control socket's number, closed by
+                // the dup2), as in a tenant process started afresh.
+                if control != CONTROL_FD {
+                    libc::close(control);
+                }
+                if libc::dup2(channel.as_raw_fd(), CONTROL_FD) < 0
+                    || libc::dup2(output.as_raw_fd(), 1) < 0
+                    || libc::dup2(output.as_raw_fd(), 2) < 0
+                {
+                    libc::_exit(1);
+                }
             }
-            let fd = channel.as_raw_fd();
-            std::mem::forget(channel);
-            let code = match crate::tenant_proc::run(fd) {
+            drop(channel);
+            drop(output);
+            let code = match crate::tenant_proc::run(CONTROL_FD) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("dpms: tenant process: {e}");
@@ -170,13 +179,18 @@ impl Zygote {
         })
     }
 
-    /// Forks a new tenant process whose channel is `theirs`; returns its host pid.
-    pub fn fork(&self, theirs: &UnixStream) -> Result<libc::pid_t, String> {
+    /// Forks a new tenant process whose channel is `theirs` and whose descriptors 1 and 2
+    /// are `output`; returns its host pid.
+    pub fn fork(
+        &self,
+        theirs: &UnixStream,
+        output: &std::io::PipeWriter,
+    ) -> Result<libc::pid_t, String> {
         let mut control = self
             .control
             .lock()
             .map_err(|_| "the zygote's channel is poisoned".to_string())?;
-        let fds = [theirs.as_raw_fd()];
+        let fds = [theirs.as_raw_fd(), output.as_raw_fd()];
         let iov = [IoSlice::new(&[1u8])];
         sendmsg::<()>(
             control.as_raw_fd(),

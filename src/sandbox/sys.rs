@@ -132,6 +132,12 @@ pub(super) fn fork_into_pid_namespace() -> Result<(), SandboxError> {
         return Err(SandboxError::os("pid_namespace"));
     }
     if pid > 0 {
+        // The middle process keeps no descriptor but the standard ones: when pid 1 dies, the
+        // host must see its channel close at once, not when this process exits too.
+        // SAFETY: closes a descriptor range; no pointers.
+        unsafe {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        }
         let code = wait_exit(pid).unwrap_or(127);
         // SAFETY: the middle process ends here without touching shared state.
         unsafe { libc::_exit(code) }
