@@ -970,3 +970,66 @@ def test_kill_9_during_registrations_loses_nothing_acknowledged(start_server, tm
     for tenant in got[:: max(1, len(got) // 3)][:3]:
         on_both(again, f"{tenant}/__dir__/", is_dir)
     assert integrity(data / "registry.sqlite3") == "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# DPMS_TENANT_CONCURRENCY and what __dir__ says of the sandbox (SPEC §11.9)
+
+GATED = """
+__ID__ = "$owner"
+import time
+from vyperlogix.decorators import expose
+
+@expose.endpoint(method="GET", API="$api")
+def gated(**kwargs):
+    print("$marker")
+    time.sleep(3)  # long enough for the test to meet the limit meanwhile
+    return "done"
+"""
+
+
+def test_tenant_concurrency_limit_answers_503_and_recovers(start_server, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    server = start_server(
+        env={
+            "MULTI_TENANT": "True",
+            "ADMIN_ID": ADMIN,
+            "DPMS_WORKERS": "1",
+            "DPMS_TENANT_CONCURRENCY": "1",
+        },
+        plugin_dirs=[plugins],
+    )
+    tenant, other = register(server), register(server)
+    api, other_api = unique("gated"), unique("o")
+    marker = unique("started")
+    write(plugins, unique("gmod"), source(GATED, owner=tenant, api=api, marker=marker))
+    simple(plugins, unique("omod"), other_api, "other", owner=other)
+    assert ok(server.get(f"{other}/{other_api}/")) == "other"
+    results = {}
+
+    def slow():
+        results["slow"] = server.get(f"{tenant}/{api}/", timeout=60)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    try:
+        # Once the first call runs (it says so in the server log), it holds the tenant's one
+        # slot: another call of the tenant is refused at once.
+        wait_for(lambda: marker in server.full_log(), timeout=20, what="the first call to start")
+        assert "slow" not in results, "the first call ended before the second was sent"
+        error(server.get(f"{tenant}/{api}/", timeout=10), 503, "overloaded")
+        # Another tenant is not held up by it.
+        assert ok(server.get(f"{other}/{other_api}/")) == "other"
+    finally:
+        t.join(60)
+    assert ok(results["slow"]) == "done"
+    # The slot is free again.
+    assert ok(server.get(f"{tenant}/{api}/", timeout=60)) == "done"
+
+
+def test_dir_says_whether_tenant_code_runs(mt, plugins):
+    tenant = register(mt)
+    for caller in (ADMIN, tenant):
+        body = body_json(mt.get(f"{caller}/__dir__/"))
+        assert body["sandbox"] == {"tenant_code_runs": True, "layers_missing": []}, body

@@ -260,6 +260,7 @@ async fn route(
                     if let (Some(tenancy), None) = (&app.tenancy, only) {
                         let unowned = tenancy.unowned(snap.foreign()).await;
                         add_unowned(&mut body, &unowned);
+                        add_sandbox(&mut body, tenancy);
                     }
                     Ok((
                         response::json_value(StatusCode::OK, &body),
@@ -345,10 +346,16 @@ async fn route_tenant(
     let (api, module_index, module_segment, params_at) = match located {
         Located::Dir(only) => {
             return match verb {
-                Verb::Call(Method::Get) | Verb::Head => Ok((
-                    response::json_value(StatusCode::OK, &table.dir(only)),
-                    Some("__dir__".into()),
-                )),
+                Verb::Call(Method::Get) | Verb::Head => {
+                    let mut body = table.dir(only);
+                    if let (Some(tenancy), None) = (&app.tenancy, only) {
+                        add_sandbox(&mut body, tenancy);
+                    }
+                    Ok((
+                        response::json_value(StatusCode::OK, &body),
+                        Some("__dir__".into()),
+                    ))
+                }
                 Verb::Options => Ok((
                     response::options("GET, HEAD, OPTIONS"),
                     Some("__dir__".into()),
@@ -428,6 +435,17 @@ async fn tenant_table(app: &App, view: &View) -> Arc<RouteTable> {
         view.registry.sync(&[]).await
     };
     view.table(&admin, &own)
+}
+
+/// `__dir__` says whether tenant code can run here (SPEC §11.9: fail closed, and say so).
+fn add_sandbox(body: &mut serde_json::Value, tenancy: &Tenants) {
+    if let Some(map) = body.as_object_mut() {
+        let missing = tenancy.missing_layers();
+        map.insert(
+            "sandbox".into(),
+            json!({"tenant_code_runs": missing.is_empty(), "layers_missing": missing}),
+        );
+    }
 }
 
 /// The admin's `__dir__` lists files whose `__ID__` names no registered tenant.
