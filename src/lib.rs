@@ -18,11 +18,14 @@
 //! - [`response`]: JSON responses and error bodies.
 //! - [`request_id`]: the `X-Request-Id` kept from the client or made.
 //! - [`error`]: the catalogue of client-visible errors.
-//! - [`plugins`]: plugin files and packages, loading, freshness (watches on every folder a
-//!   plugin folder is reached through + the per-request check).
-//! - [`exec`]: the boundary between the request pipeline and plugin code, plain data only
-//!   (so far: [`exec::outcome`], what a call produced, [`exec::code`], the opaque reference to
-//!   loaded code, and [`exec::schedule`], where a call runs).
+//! - [`plugins`]: plugin files and packages, ownership ([`plugins::owner`]), loading,
+//!   freshness (watches on every folder a plugin folder is reached through + the per-request
+//!   check).
+//! - [`exec`]: the boundary between the request pipeline and plugin code, plain data only:
+//!   [`exec::outcome`] (what a call produced), [`exec::code`] (the opaque reference to loaded
+//!   code), [`exec::load`] (what a load asks and returns, and the `Loader` both executors
+//!   implement), [`exec::wire`] (the messages to a tenant's process) and [`exec::schedule`]
+//!   (where an in-process call runs).
 //! - [`pyhost`]: the embedded CPython, its threads, and every conversion across the boundary.
 //! - [`sandboxed`]: the sandboxed executor: a tenant's process started, spoken to, killed.
 //! - [`tenants`]: tenancy on the request path: who a uuid is (an exact in-memory copy of the

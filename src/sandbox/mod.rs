@@ -15,9 +15,9 @@ mod sys;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-/// Host uids for tenant processes are `TENANT_UID_BASE + slot` (`DPMS_TENANT_UID_BASE`
-/// overrides the base): far above the ranges distributions hand out to users and services,
-/// one per slot because `RLIMIT_NPROC` counts per real uid.
+/// Host uids for tenant processes are `TENANT_UID_BASE` + 1 + a number derived from the
+/// tenant's uuid (see `tenants::tenant_uid`): far above the ranges distributions hand out to
+/// users and services, one per tenant because `RLIMIT_NPROC` counts per real uid.
 pub const TENANT_UID_BASE: u32 = 200_000;
 
 /// Where the size-capped scratch tmpfs is mounted inside the tenant's mount namespace;
