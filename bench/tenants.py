@@ -7,7 +7,8 @@ plugin module, and then:
 
 - cold start: the first call of each tenant (no process for it yet), measured by this client
   from request sent to answer read; the first tenant also starts the worker's zygote and is
-  reported apart, the others are the figure (p50, p90, p99 over TENANTS-1 fresh tenants);
+  reported apart, the others are the figure (p50, p90, p99 over TENANTS-1 fresh tenants),
+  arriving PACE_MS (default 50) apart;
 - warm: one more call per tenant;
 - density: unique memory (Private_Clean + Private_Dirty of /proc/<pid>/smaps_rollup) of each
   tenant's processes (its sandbox's waiting middle process and pid 1), idle, after the calls,
@@ -34,6 +35,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = os.path.abspath(os.environ.get("DPMS_BIN", str(ROOT / "target" / "release" / "dpms")))
 TENANTS = int(os.environ.get("TENANTS", "31"))
 IDLE = float(os.environ.get("IDLE", "2"))
+#: Pause between two tenants' first calls: tenants arriving at a steady rate find the worker's
+#: warm pool refilled (PACE_MS=0: back to back, the pool drains after two).
+PACE_MS = float(os.environ.get("PACE_MS", "50"))
 ADMIN = str(uuid.uuid4())
 
 MODULE = """
@@ -120,7 +124,12 @@ def main():
         line = proc.stdout.readline().decode()
         port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
         first = call(port, f"/rest/services/{tenants[0]}/hello_0/")
-        cold = [call(port, f"/rest/services/{u}/hello_{n}/") for n, u in enumerate(tenants) if n]
+        time.sleep(0.5)  # the pool behind the first tenant fills
+        cold = []
+        for n, u in enumerate(tenants):
+            if n:
+                time.sleep(PACE_MS / 1000)
+                cold.append(call(port, f"/rest/services/{u}/hello_{n}/"))
         warm = [call(port, f"/rest/services/{u}/hello_{n}/") for n, u in enumerate(tenants)]
         time.sleep(0.3)
         per_tenant = []
@@ -131,6 +140,7 @@ def main():
         med = statistics.median(per_tenant)
         result = {
             "tenants": TENANTS,
+            "pace_ms": PACE_MS,
             "first_call_with_zygote_start_ms": round(first, 2),
             "cold_ms": {"p50": round(percentile(cold, 50), 2), "p90": round(percentile(cold, 90), 2),
                          "p99": round(percentile(cold, 99), 2), "max": round(max(cold), 2)},

@@ -52,6 +52,8 @@ pub struct TenantProcess {
     /// The module of the last call sent: what raw output (written to descriptors 1 and 2
     /// rather than printed) is tagged with.
     last_module: Mutex<String>,
+    /// Whose process it is (empty while a pooled process waits), for its output's tag.
+    tenant: Mutex<String>,
 }
 
 impl TenantProcess {
@@ -92,13 +94,14 @@ impl TenantProcess {
         drop(theirs);
         drop(output_end);
         let tenant = start.tenant.clone();
-        let process = Self::connect(start, pid, ours).await?;
-        relay_output(output, tenant, Arc::downgrade(&process));
+        let process = Self::connect(start, tenant, pid, ours).await?;
+        relay_output(output, Arc::downgrade(&process));
         Ok(process)
     }
 
     async fn connect(
         start: Start,
+        tenant: String,
         pid: libc::pid_t,
         ours: std::os::unix::net::UnixStream,
     ) -> Result<Arc<TenantProcess>, String> {
@@ -140,6 +143,7 @@ impl TenantProcess {
             dead: AtomicBool::new(false),
             probe,
             last_module: Mutex::new(String::new()),
+            tenant: Mutex::new(tenant),
         });
         let writer = Arc::downgrade(&process);
         tokio::spawn(async move {
@@ -158,7 +162,11 @@ impl TenantProcess {
                 let message = rx.recv().await;
                 let Some(p) = reading.upgrade() else { break };
                 let id = match &message {
-                    Ok(FromTenant::Loaded { id, .. } | FromTenant::Done { id, .. }) => Some(*id),
+                    Ok(
+                        FromTenant::Loaded { id, .. }
+                        | FromTenant::Done { id, .. }
+                        | FromTenant::Specialised { id },
+                    ) => Some(*id),
                     _ => None,
                 };
                 let waiter = id.and_then(|id| p.take_pending(id));
@@ -227,6 +235,30 @@ impl TenantProcess {
         }
         if let Ok(mut pending) = self.pending.lock() {
             pending.clear();
+        }
+    }
+
+    /// Makes a pooled process this tenant's (its name, its environment, then seccomp).
+    pub async fn specialise(
+        &self,
+        tenant: &str,
+        comm: &str,
+        secrets: &[(String, String)],
+    ) -> Result<(), String> {
+        if let Ok(mut t) = self.tenant.lock() {
+            *t = tenant.to_string();
+        }
+        let answer = self.ask(|id| ToTenant::Specialise {
+            id,
+            comm: comm.to_string(),
+            secrets: secrets.to_vec(),
+        });
+        match tokio::time::timeout(START_TIME, answer).await {
+            Ok(Ok(FromTenant::Specialised { .. })) => Ok(()),
+            _ => {
+                self.kill();
+                Err("a pooled tenant process could not be specialised".into())
+            }
         }
     }
 
@@ -324,11 +356,7 @@ const MAX_OUTPUT_LINE: usize = 8 * 1024;
 /// Logs what the tenant process writes to its descriptors 1 and 2, line by line, each line
 /// one record tagged with the tenant and the module it was last asked to run. Its own log
 /// lines (its `print`s, tagged with their module inside) arrive this way too.
-fn relay_output(
-    output: std::io::PipeReader,
-    tenant: String,
-    process: std::sync::Weak<TenantProcess>,
-) {
+fn relay_output(output: std::io::PipeReader, process: std::sync::Weak<TenantProcess>) {
     let fd: OwnedFd = output.into();
     let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(r) => r,
@@ -354,26 +382,30 @@ fn relay_output(
                 .or_else(|| (pending.len() >= MAX_OUTPUT_LINE).then_some(MAX_OUTPUT_LINE))
             {
                 let line: Vec<u8> = pending.drain(..=end.min(pending.len() - 1)).collect();
-                log_output(&tenant, &process, &line);
+                log_output(&process, &line);
             }
         }
         if !pending.is_empty() {
-            log_output(&tenant, &process, &pending);
+            log_output(&process, &pending);
         }
     });
 }
 
-fn log_output(tenant: &str, process: &std::sync::Weak<TenantProcess>, line: &[u8]) {
+fn log_output(process: &std::sync::Weak<TenantProcess>, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches(['\n', '\r']);
     if text.is_empty() {
         return;
     }
-    let module = process
+    let (tenant, module) = process
         .upgrade()
-        .and_then(|p| p.last_module.lock().ok().map(|m| m.clone()))
+        .map(|p| {
+            let tenant = p.tenant.lock().map(|t| t.clone()).unwrap_or_default();
+            let module = p.last_module.lock().map(|m| m.clone()).unwrap_or_default();
+            (tenant, module)
+        })
         .unwrap_or_default();
-    tracing::info!(target: "dpms::tenant", tenant, module = %module, "{text}");
+    tracing::info!(target: "dpms::tenant", tenant = %tenant, module = %module, "{text}");
 }
 
 /// The plain-data copy of a request a tenant's process receives.
@@ -412,18 +444,28 @@ pub struct RemoteModule {
 pub type Starter =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Start, String>> + Send>> + Send + Sync>;
 
+/// Takes a process from the warm pool, if one is ready.
+pub type TakePooled = Arc<dyn Fn() -> Option<Arc<TenantProcess>> + Send + Sync>;
+
 /// One tenant's executor: its process (started at the first load) and how to start another.
 pub struct TenantExec {
     starter: Starter,
+    pooled: Option<TakePooled>,
     zygote: Option<Arc<Zygote>>,
     deaths: Arc<Deaths>,
     process: tokio::sync::Mutex<Option<Arc<TenantProcess>>>,
 }
 
 impl TenantExec {
-    pub fn new(starter: Starter, zygote: Option<Arc<Zygote>>, deaths: Arc<Deaths>) -> TenantExec {
+    pub fn new(
+        starter: Starter,
+        pooled: Option<TakePooled>,
+        zygote: Option<Arc<Zygote>>,
+        deaths: Arc<Deaths>,
+    ) -> TenantExec {
         TenantExec {
             starter,
+            pooled,
             zygote,
             deaths,
             process: tokio::sync::Mutex::new(None),
@@ -465,6 +507,20 @@ impl TenantExec {
             return Err("the tenant process died".into());
         }
         let start = (self.starter)().await?;
+        // A pre-sandboxed process from the pool, if one is ready: only its name, its
+        // environment and seccomp are left to apply.
+        if let Some(p) = self.pooled.as_ref().and_then(|take| take()) {
+            match p
+                .specialise(&start.tenant, &start.comm, &start.secrets)
+                .await
+            {
+                Ok(()) => {
+                    *slot = Some(Arc::clone(&p));
+                    return Ok(p);
+                }
+                Err(e) => tracing::warn!(cause = %e, "starting the tenant process afresh"),
+            }
+        }
         let p = TenantProcess::start(start, self.zygote.clone()).await?;
         *slot = Some(Arc::clone(&p));
         Ok(p)

@@ -45,10 +45,15 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     // Closed now: the sandbox closes every descriptor but the channel, and a second close
     // of this number later would close whatever reused it.
     drop(first);
-    let missing = enter_sandbox(&start, fd)?;
+    let (missing, unfinished) = enter_sandbox(&start, fd)?;
     // Forked from the zygote, Python's `os.environ` is still the zygote's: make it the
-    // tenant's (its secrets and the fixed set), before any tenant code runs.
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    // tenant's (its secrets and the fixed set), before any tenant code runs. A pooled
+    // process has no tenant yet: it gets its environment when it is specialised.
+    let env: Vec<(String, String)> = if unfinished.is_some() {
+        crate::sandbox::tenant_environment(&[])
+    } else {
+        std::env::vars().collect()
+    };
     crate::pyhost::replace_environ(&env).map_err(|e| e.to_string())?;
     crate::telemetry::init_tenant("info");
     let config = tenant_config(&start)?;
@@ -59,13 +64,16 @@ pub fn run(fd: RawFd) -> Result<(), String> {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        runtime.block_on(serve(serving, stream, missing))
+        runtime.block_on(serve(serving, stream, missing, unfinished))
     })
 }
 
 /// Every layer of SPEC §11: the host probed the kernel at start and starts no tenant process
 /// where a layer is missing (SPEC §11.9); a layer that still fails here ends the process.
-fn enter_sandbox(start: &Start, fd: RawFd) -> Result<Vec<String>, String> {
+fn enter_sandbox(
+    start: &Start,
+    fd: RawFd,
+) -> Result<(Vec<String>, Option<crate::sandbox::Unfinished>), String> {
     let missing = Vec::new();
     let spec = crate::sandbox::Spec {
         host_uid: start.host_uid,
@@ -81,8 +89,12 @@ fn enter_sandbox(start: &Start, fd: RawFd) -> Result<Vec<String>, String> {
         // stderr is the server's log: what the tenant prints reaches it tagged.
         keep_fds: vec![0, 1, 2, fd],
     };
+    if start.pooled {
+        let unfinished = crate::sandbox::enter_unspecialised(&spec).map_err(|e| e.to_string())?;
+        return Ok((missing, Some(unfinished)));
+    }
     crate::sandbox::enter(&spec).map_err(|e| e.to_string())?;
-    Ok(missing)
+    Ok((missing, None))
 }
 
 /// The settings the embedded Python needs here, from the start message only (this process
@@ -109,7 +121,12 @@ fn tenant_config(start: &Start) -> Result<crate::config::Config, String> {
 }
 
 /// Serves the host's messages; loads one at a time, calls concurrently.
-async fn serve(host: Arc<PyHost>, stream: UnixStream, missing: Vec<String>) -> Result<(), String> {
+async fn serve(
+    host: Arc<PyHost>,
+    stream: UnixStream,
+    missing: Vec<String>,
+    unfinished: Option<crate::sandbox::Unfinished>,
+) -> Result<(), String> {
     let writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut rx = Receiver::<ToTenant>::new(stream, MAX_FRAME)
         .into_async()
@@ -129,6 +146,20 @@ async fn serve(host: Arc<PyHost>, stream: UnixStream, missing: Vec<String>) -> R
     let _ = out.send(FromTenant::Ready {
         layers_missing: missing,
     });
+    if let Some(unfinished) = unfinished {
+        // A pooled process: the first message makes it one tenant's, before anything else.
+        match rx.recv().await {
+            Ok(ToTenant::Specialise { id, comm, secrets }) => {
+                crate::pyhost::replace_environ(&crate::sandbox::tenant_environment(&secrets))
+                    .map_err(|e| e.to_string())?;
+                unfinished.finish(&comm).map_err(|e| e.to_string())?;
+                let _ = out.send(FromTenant::Specialised { id });
+            }
+            Ok(_) => return Err("a pooled process must be specialised first".into()),
+            Err(crate::ipc::Error::Closed) => return Ok(()),
+            Err(e) => return Err(format!("channel: {e}")),
+        }
+    }
     let mut modules: HashMap<String, Arc<Module>> = HashMap::new();
     loop {
         let message = match rx.recv().await {
@@ -137,6 +168,11 @@ async fn serve(host: Arc<PyHost>, stream: UnixStream, missing: Vec<String>) -> R
             Err(e) => return Err(format!("channel: {e}")),
         };
         match message {
+            ToTenant::Specialise { .. } => {
+                return Err(
+                    "specialised twice: a process is never reused for another tenant".into(),
+                )
+            }
             ToTenant::Load {
                 id,
                 files,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,17 @@ use crate::exec::wire::Start;
 use crate::plugins::owner::Scope;
 use crate::plugins::{Registry, Snapshot};
 use crate::router::RouteTable;
-use crate::sandboxed::{Deaths, Starter, TenantExec};
+use crate::sandboxed::{Deaths, Starter, TakePooled, TenantExec, TenantProcess};
 use crate::store;
 use crate::zygote::Zygote;
 
 /// Size of a tenant's scratch tmpfs.
 const SCRATCH_BYTES: u64 = 64 << 20;
+/// Ready pooled processes kept per worker.
+const POOL_SIZE: usize = 2;
+/// Host uids of pooled processes start here (above every per-tenant uid).
+const POOL_UID_BASE: u32 = crate::sandbox::TENANT_UID_BASE + 1_000_001;
+
 /// Python threads in a tenant process.
 const TENANT_THREADS: usize = 1;
 
@@ -119,6 +124,11 @@ pub struct Tenants {
     secrets: Mutex<HashMap<Uuid, Vec<(String, String)>>>,
     /// Imports that killed tenant processes (the quarantine's count).
     deaths: Arc<Deaths>,
+    /// Processes inside the sandbox with Python started but no tenant yet (the warm pool),
+    /// so a tenant's first call only specialises one.
+    pool: Mutex<Vec<Arc<TenantProcess>>>,
+    refilling: AtomicBool,
+    pool_uids: AtomicU32,
 }
 
 impl Tenants {
@@ -143,6 +153,9 @@ impl Tenants {
             zygote: Mutex::new(None),
             secrets: Mutex::new(HashMap::new()),
             deaths: Arc::new(Deaths::default()),
+            pool: Mutex::new(Vec::new()),
+            refilling: AtomicBool::new(false),
+            pool_uids: AtomicU32::new(0),
         });
         let weak = Arc::downgrade(&tenants);
         let every = (tenants.config.tenant_idle / 4)
@@ -314,11 +327,15 @@ impl Tenants {
 
     /// A new view of `uuid`: its registry loads its files into a new process.
     async fn open_view(self: &Arc<Self>, uuid: Uuid) -> Arc<View> {
+        let weak = Arc::downgrade(self);
+        let take: TakePooled = Arc::new(move || weak.upgrade().and_then(|t| t.take_pooled()));
         let exec = Arc::new(TenantExec::new(
             self.starter(uuid),
+            Some(take),
             self.zygote(),
             Arc::clone(&self.deaths),
         ));
+        self.refill();
         let mut config = (*self.config).clone();
         // Its freshness is checked with stat on each of its requests: no inotify instance
         // and no watcher thread per tenant.
@@ -364,6 +381,74 @@ impl Tenants {
         }
     }
 
+    /// A ready pooled process, and a refill started behind it.
+    fn take_pooled(self: &Arc<Self>) -> Option<Arc<TenantProcess>> {
+        let taken = loop {
+            let p = match self.pool.lock() {
+                Ok(mut pool) => pool.pop(),
+                Err(_) => None,
+            };
+            match p {
+                Some(p) if p.is_dead() => continue,
+                other => break other,
+            }
+        };
+        self.refill();
+        taken
+    }
+
+    /// Tops the pool up to [`POOL_SIZE`] in the background (one refill at a time).
+    fn refill(self: &Arc<Self>) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(t) = weak.upgrade() else { break };
+                let size = t.pool.lock().map(|p| p.len()).unwrap_or(POOL_SIZE);
+                if size >= POOL_SIZE {
+                    t.refilling.store(false, Ordering::Release);
+                    break;
+                }
+                let start = match t.pooled_start().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "cannot fill the tenant pool");
+                        t.refilling.store(false, Ordering::Release);
+                        break;
+                    }
+                };
+                let zygote = t.zygote();
+                drop(t);
+                let started = TenantProcess::start(start, zygote).await;
+                let Some(t) = weak.upgrade() else { break };
+                match started {
+                    Ok(p) => {
+                        if let Ok(mut pool) = t.pool.lock() {
+                            pool.push(p);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "cannot fill the tenant pool");
+                        t.refilling.store(false, Ordering::Release);
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The start message of a pooled process: the sandbox of no tenant yet, with a uid of
+    /// its own (one per process: `RLIMIT_NPROC` counts per uid).
+    async fn pooled_start(&self) -> Result<Start, String> {
+        let mut start = self.base_start().await?;
+        let n = self.pool_uids.fetch_add(1, Ordering::Relaxed) % 1000;
+        start.host_uid = POOL_UID_BASE + (std::process::id() % 1000) * 1000 + n;
+        start.pooled = true;
+        Ok(start)
+    }
+
     /// How to start `uuid`'s process: its secrets are read when it starts (so a change
     /// applies from the next process; SPEC §7 asks for the next call).
     fn starter(self: &Arc<Self>, uuid: Uuid) -> Starter {
@@ -384,6 +469,17 @@ impl Tenants {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         self.lock_secrets().insert(uuid, secrets.clone());
+        let mut start = self.base_start().await?;
+        let hex = uuid.simple().to_string();
+        start.tenant = uuid.to_string();
+        start.host_uid = tenant_uid(uuid);
+        start.comm = format!("dpms-t-{}", &hex[..8]);
+        start.secrets = secrets;
+        Ok(start)
+    }
+
+    /// What every tenant process starts with: the limits, the read-only trees, the settings.
+    async fn base_start(&self) -> Result<Start, String> {
         let c = &self.config;
         let mut read_only: Vec<String> = [
             "/usr/lib/python3.11",
@@ -403,24 +499,24 @@ impl Tenants {
                 read_only.push(v.clone());
             }
         }
-        let hex = uuid.simple().to_string();
         Ok(Start {
-            tenant: uuid.to_string(),
-            host_uid: tenant_uid(uuid),
-            comm: format!("dpms-t-{}", &hex[..8]),
+            tenant: String::new(),
+            host_uid: POOL_UID_BASE,
+            comm: "dpms-t-pool".into(),
             read_only,
             scratch_bytes: SCRATCH_BYTES,
             memory_bytes: Some(c.tenant_memory),
             nofile: 256,
             fsize_bytes: SCRATCH_BYTES,
             nproc: 64,
-            secrets,
+            secrets: Vec::new(),
             venv,
             py_threads: TENANT_THREADS,
             max_queued: 64,
             max_function_ms: u64::try_from(c.max_function_time.as_millis()).unwrap_or(u64::MAX),
             load_ms: u64::try_from(c.load_time.as_millis()).unwrap_or(u64::MAX),
             relaxed: false,
+            pooled: false,
         })
     }
 }

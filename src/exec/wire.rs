@@ -59,6 +59,10 @@ pub struct Start {
     pub load_ms: u64,
     /// Run with the layers this kernel lacks (`DPMS_SANDBOX=relaxed`).
     pub relaxed: bool,
+    /// A warm pool's process: no tenant yet (`tenant`, `comm` and `secrets` are unused); it
+    /// enters the sandbox but its name and seccomp filter, starts Python, and waits for a
+    /// [`ToTenant::Specialise`] as its first message.
+    pub pooled: bool,
 }
 
 /// Host → tenant.
@@ -66,6 +70,12 @@ pub struct Start {
 #[allow(clippy::large_enum_variant)] // built once per message and moved into the writer
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ToTenant {
+    /// A pooled process becomes this tenant's: its name, its environment, then seccomp.
+    Specialise {
+        id: u64,
+        comm: String,
+        secrets: Vec<(String, String)>,
+    },
     Load {
         id: u64,
         /// `(name, path, source)`: the complete finder map, when it changed.
@@ -89,6 +99,10 @@ pub enum FromTenant {
     /// The sandbox is up and Python started: the process is ready for calls.
     Ready {
         layers_missing: Vec<String>,
+    },
+    /// The answer to [`ToTenant::Specialise`].
+    Specialised {
+        id: u64,
     },
     Loaded {
         id: u64,

@@ -160,6 +160,17 @@ fn validate(spec: &Spec) -> Result<(), SandboxError> {
 /// process and exits with the child's status. On `Err` the caller must exit without
 /// running tenant code (some layers may already be in place; none is skipped silently).
 pub fn enter(spec: &Spec) -> Result<(), SandboxError> {
+    let unfinished = enter_unspecialised(spec)?;
+    sys::replace_environment(&environment(spec))?;
+    unfinished.finish(&spec.comm)
+}
+
+/// The sandbox without what makes it one tenant's: every layer of [`enter`] but the process
+/// name and the seccomp filter, which [`Unfinished::finish`] applies once the tenant is
+/// known (a warm pool's child is made before that). Between the two only dpms's own code may
+/// run; the environment is the caller's to set. Same contract as [`enter`] otherwise (a
+/// freshly forked, single-threaded caller continues as pid 1 of its namespace).
+pub fn enter_unspecialised(spec: &Spec) -> Result<Unfinished, SandboxError> {
     validate(spec)?;
     sys::setsid()?;
     sys::set_dumpable()?;
@@ -173,18 +184,38 @@ pub fn enter(spec: &Spec) -> Result<(), SandboxError> {
     sys::set_limits(spec)?;
     sys::drop_capabilities()?;
     sys::close_other_fds(&spec.keep_fds)?;
-    sys::replace_environment(&environment(spec))?;
-    sys::set_comm(&spec.comm)?;
     sys::no_new_privs()?;
     landlock_layer::restrict(&spec.read_only, SCRATCH_DIR)?;
-    seccomp::install()?;
-    Ok(())
+    Ok(Unfinished(()))
+}
+
+/// A process inside every layer but its name and the seccomp filter (see
+/// [`enter_unspecialised`]).
+#[must_use = "the seccomp filter is applied only by finish"]
+pub struct Unfinished(());
+
+impl Unfinished {
+    /// Names the process (`dpms-t-<8 hex>`) and applies the seccomp filter to every thread:
+    /// from here on it can neither rename itself nor open a socket.
+    pub fn finish(self, comm: &str) -> Result<(), SandboxError> {
+        if comm.is_empty() || comm.len() > 15 || comm.contains('\0') {
+            return Err(SandboxError::Spec(format!(
+                "comm `{comm}` must be 1..=15 bytes"
+            )));
+        }
+        sys::set_comm(comm)?;
+        seccomp::install()
+    }
 }
 
 /// The tenant's whole environment: its secrets plus the fixed minimal set.
 pub fn environment(spec: &Spec) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = spec
-        .env
+    tenant_environment(&spec.env)
+}
+
+/// A tenant's environment from its secrets: them plus `HOME`, `TMPDIR` and `LANG`.
+pub fn tenant_environment(secrets: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = secrets
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "LANG"))
         .cloned()
