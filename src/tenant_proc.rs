@@ -59,12 +59,31 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     let config = tenant_config(&start)?;
     let host = Arc::new(PyHost::start(&config, 0).map_err(|e| e.to_string())?);
     let serving = Arc::clone(&host);
+    let warm = unfinished.is_some();
     host.with_thread_state(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        runtime.block_on(serve(serving, stream, missing, unfinished))
+        runtime.block_on(async move {
+            if warm {
+                // A pooled process does the first load's one-time work (the helper's
+                // gc.freeze of everything made so far) before a tenant waits for it: a name
+                // beginning with `__` is refused without running anything.
+                let _ = serving
+                    .load(
+                        None,
+                        Vec::new(),
+                        vec![LoadRequest {
+                            name: "__dpms_warm_up__".into(),
+                            path: String::new(),
+                            source: Arc::new(Vec::new()),
+                        }],
+                    )
+                    .await;
+            }
+            serve(serving, stream, missing, unfinished).await
+        })
     })
 }
 
