@@ -449,6 +449,8 @@ pub type TakePooled = Arc<dyn Fn() -> Option<Arc<TenantProcess>> + Send + Sync>;
 
 /// One tenant's executor: its process (started at the first load) and how to start another.
 pub struct TenantExec {
+    /// Why the last attempt to start the tenant's process failed (answered 503).
+    start_failed: Mutex<Option<String>>,
     starter: Starter,
     pooled: Option<TakePooled>,
     zygote: Option<Arc<Zygote>>,
@@ -464,6 +466,7 @@ impl TenantExec {
         deaths: Arc<Deaths>,
     ) -> TenantExec {
         TenantExec {
+            start_failed: Mutex::new(None),
             starter,
             pooled,
             zygote,
@@ -478,6 +481,11 @@ impl TenantExec {
             Ok(p) => p.as_ref().is_some_and(|p| p.is_dead()),
             Err(_) => false,
         }
+    }
+
+    /// Whether the tenant's process could not be started (SPEC §11.9: its code does not run).
+    pub fn start_failed(&self) -> bool {
+        self.start_failed.lock().is_ok_and(|f| f.is_some())
     }
 
     /// Kills the process, if any (the tenant is removed, disabled or idle).
@@ -521,7 +529,16 @@ impl TenantExec {
                 Err(e) => tracing::warn!(cause = %e, "starting the tenant process afresh"),
             }
         }
-        let p = TenantProcess::start(start, self.zygote.clone()).await?;
+        let p = match TenantProcess::start(start, self.zygote.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(cause = %e, "a tenant process could not start: its calls answer 503");
+                if let Ok(mut failed) = self.start_failed.lock() {
+                    *failed = Some(e.clone());
+                }
+                return Err(e);
+            }
+        };
         *slot = Some(Arc::clone(&p));
         Ok(p)
     }

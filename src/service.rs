@@ -337,6 +337,18 @@ async fn route_tenant(
     let located = match table.locate(segs) {
         Ok(l) => l,
         Err(e) => {
+            if view.exec.start_failed() {
+                // Tenant code cannot run (SPEC §11.9); the next call tries again.
+                if let Some(tenancy) = &app.tenancy {
+                    tenancy.forget_view(view);
+                }
+                return Err((
+                    ApiError::SandboxUnavailable(
+                        "Tenant code cannot run here: its sandboxed process could not start; see the server log.".into(),
+                    ),
+                    None,
+                ));
+            }
             if view.exec.lost() {
                 return Err((lost_view(), None));
             }

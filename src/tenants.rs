@@ -272,6 +272,12 @@ impl Tenants {
             .collect()
     }
 
+    /// Drops `view` (its process could not start): the tenant's next call builds a new one.
+    pub fn forget_view(&self, view: &View) {
+        self.lock_views()
+            .retain(|_, v| !std::ptr::eq(Arc::as_ptr(v), view as *const View));
+    }
+
     /// Stops `uuid`'s process now (the tenant was removed).
     pub fn stop(&self, uuid: Uuid) {
         if let Some(view) = self.lock_views().remove(&uuid) {

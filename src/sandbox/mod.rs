@@ -79,6 +79,9 @@ impl SandboxError {
 /// Which layers this kernel supports, as found by [`probe`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Layers {
+    /// The server may switch a tenant process to its own unprivileged host uid (it runs
+    /// with CAP_SETUID/CAP_SETGID, e.g. as root).
+    pub host_uid: bool,
     pub user_namespaces: bool,
     pub landlock: bool,
     pub seccomp: bool,
@@ -89,6 +92,9 @@ impl Layers {
     /// Names of the layers missing, for the fail-closed startup line (empty = all present).
     pub fn missing(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
+        if !self.host_uid {
+            out.push("host_uid");
+        }
         if !self.user_namespaces {
             out.push("namespaces");
         }
@@ -109,6 +115,9 @@ impl Layers {
 /// Must be called while the process is single-threaded (at startup, before any runtime).
 pub fn probe() -> Layers {
     Layers {
+        host_uid: sys::try_in_child(|| {
+            sys::become_host_user(TENANT_UID_BASE, TENANT_UID_BASE).is_ok()
+        }),
         user_namespaces: sys::try_in_child(|| sys::unshare_all().is_ok()),
         no_new_privs: sys::try_in_child(|| sys::no_new_privs().is_ok()),
         landlock: sys::try_in_child(landlock_layer::fully_supported),
@@ -274,6 +283,7 @@ mod tests {
     #[test]
     fn missing_names_each_absent_layer() {
         assert!(Layers {
+            host_uid: true,
             user_namespaces: true,
             landlock: true,
             seccomp: true,
@@ -281,6 +291,6 @@ mod tests {
         }
         .missing()
         .is_empty());
-        assert_eq!(Layers::default().missing().len(), 4);
+        assert_eq!(Layers::default().missing().len(), 5);
     }
 }

@@ -1,0 +1,122 @@
+"""SPEC §11.9, fail closed, on the real kernel: a server that cannot apply a sandbox layer runs
+no tenant code, says so once at start and in `__dir__`, and keeps serving the admin's modules.
+
+Here the missing layer is real, not simulated: the server runs as `nobody`, so it cannot give
+a tenant process a host uid of its own (`host_uid`: switching uid needs CAP_SETUID).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import requests
+
+from dpms_helpers import binary_path, clean_env
+
+NOBODY = 65534
+ADMIN = str(uuid.uuid4())
+
+ADMIN_MODULE = """
+from vyperlogix.decorators import expose
+
+@expose.endpoint(method="GET", API="admin-ping")
+def ping():
+    return "pong"
+"""
+
+TENANT_MODULE = """
+__ID__ = "{tenant}"
+from vyperlogix.decorators import expose
+
+@expose.endpoint(method="GET", API="tenant-ping")
+def ping():
+    open("/tmp/ran-on-the-host", "w").close()
+    return "pong"
+"""
+
+
+def as_nobody():
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+@pytest.fixture
+def nobody_server():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a server as nobody")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="dpms-failclosed-"))
+    plugins = work / "plugins"
+    plugins.mkdir()
+    tenant = str(uuid.uuid4())
+    (plugins / "admin_mod.py").write_text(ADMIN_MODULE)
+    (plugins / "tenant_mod.py").write_text(TENANT_MODULE.format(tenant=tenant))
+    for p in [work, plugins, *plugins.iterdir()]:
+        os.chown(p, NOBODY, NOBODY)
+    env = clean_env({"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1"})
+    added = subprocess.run(
+        [str(binary_path()), "tenant", "add", "alice", "--uuid", tenant],
+        cwd=work, env=env, preexec_fn=as_nobody, capture_output=True, text=True, timeout=30,
+    )
+    assert added.returncode == 0, added.stderr
+    log = open(work / "stderr.log", "wb")
+    proc = subprocess.Popen(
+        [str(binary_path()), "serve", "--host", "127.0.0.1", "--port", "0"],
+        cwd=work, env=env, preexec_fn=as_nobody, stdout=subprocess.PIPE, stderr=log,
+        start_new_session=True,
+    )
+    try:
+        line = proc.stdout.readline().decode()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        yield line.split("listening on ", 1)[1].strip().rstrip("/"), tenant, work
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(5)
+        log.close()
+
+
+def test_without_a_layer_tenant_code_never_runs_and_the_admin_is_served(nobody_server):
+    url, tenant, work = nobody_server
+    base = f"{url}/rest/services"
+    # The admin's modules keep serving.
+    r = requests.get(f"{base}/{ADMIN}/admin-ping/", timeout=30)
+    assert r.status_code == 200 and r.json()["response"]["admin_mod.ping"] == "pong", r.text
+    # The tenant's code does not run: 503 naming the missing layer, every time.
+    for _ in range(3):
+        r = requests.get(f"{base}/{tenant}/tenant-ping/", timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "sandbox_unavailable", r.text
+        assert "host_uid" in r.json()["status"], r.text
+    assert not pathlib.Path("/tmp/ran-on-the-host").exists()
+    # __dir__ says so.
+    d = requests.get(f"{base}/{ADMIN}/__dir__/", timeout=30).json()
+    assert d["sandbox"] == {"tenant_code_runs": False, "layers_missing": ["host_uid"]}, d
+    # No tenant process was ever started.
+    comms = []
+    for p in pathlib.Path("/proc").iterdir():
+        try:
+            comms.append((p / "comm").read_text().strip())
+        except OSError:
+            pass
+    assert not [c for c in comms if c.startswith("dpms-t-")], comms
+    # One clear line at start names the missing layer.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [
+            line for line in (work / "stderr.log").read_text().splitlines()
+            if "sandbox layers missing" in line
+        ]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 1 and "host_uid" in lines[0], lines
