@@ -9,6 +9,8 @@
 //! - [`store`]: the tenant registry (SQLite in `DPMS_DATA_DIR`) and its cross-process change
 //!   counter; the one place state shared between processes and restarts lives.
 //! - [`tenancy`]: who may call what; so far the admin API (`/rest/admin/…`) over [`store`].
+//! - [`child`]: how this binary starts processes of itself (they die with the starting
+//!   thread and inherit only the descriptors given).
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
 //! - [`ipc`]: the framed, typed channel between the host and its child processes.
 //! - [`server`]: a worker's accept loop and graceful shutdown.
@@ -36,6 +38,7 @@
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.
 
+pub mod child;
 pub mod config;
 pub mod error;
 pub mod exec;

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -300,24 +299,7 @@ fn exec_tenant(
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-                || libc::dup2(fd, CHANNEL_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 leaves the new descriptor without close-on-exec: it is inherited.
-            Ok(())
-        });
-    }
+    crate::child::dies_with_this_thread(&mut cmd, vec![(fd, CHANNEL_FD)]);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start a tenant process: {e}"))?;

@@ -254,32 +254,18 @@ async fn route(
     let (snap, located) = locate(app, &segs).await.map_err(|e| (e, None))?;
     let (api, module_index, module_segment, params_at) = match located {
         Located::Dir(only) => {
-            return match verb {
-                Verb::Call(Method::Get) | Verb::Head => {
-                    let mut body = snap.table.dir(only);
-                    if let (Some(tenancy), None) = (&app.tenancy, only) {
-                        let unowned = tenancy.unowned(snap.foreign()).await;
-                        add_unowned(&mut body, &unowned);
-                        add_sandbox(&mut body, tenancy);
-                    }
-                    Ok((
-                        response::json_value(StatusCode::OK, &body),
-                        Some("__dir__".into()),
-                    ))
+            let body = if matches!(verb, Verb::Call(Method::Get) | Verb::Head) {
+                let mut body = snap.table.dir(only);
+                if let (Some(tenancy), None) = (&app.tenancy, only) {
+                    let unowned = tenancy.unowned(snap.foreign()).await;
+                    add_unowned(&mut body, &unowned);
+                    add_sandbox(&mut body, tenancy);
                 }
-                Verb::Options => Ok((
-                    response::options("GET, HEAD, OPTIONS"),
-                    Some("__dir__".into()),
-                )),
-                Verb::Call(m) => Err((
-                    ApiError::MethodUndefined {
-                        api: "__dir__".into(),
-                        method: m.as_str().into(),
-                        allow: MethodSet::only(Method::Get),
-                    },
-                    None,
-                )),
+                Some(body)
+            } else {
+                None
             };
+            return dir_response(verb, body);
         }
         Located::Api {
             api,
@@ -357,30 +343,14 @@ async fn route_tenant(
     };
     let (api, module_index, module_segment, params_at) = match located {
         Located::Dir(only) => {
-            return match verb {
-                Verb::Call(Method::Get) | Verb::Head => {
-                    let mut body = table.dir(only);
-                    if let (Some(tenancy), None) = (&app.tenancy, only) {
-                        add_sandbox(&mut body, tenancy);
-                    }
-                    Ok((
-                        response::json_value(StatusCode::OK, &body),
-                        Some("__dir__".into()),
-                    ))
+            let body = matches!(verb, Verb::Call(Method::Get) | Verb::Head).then(|| {
+                let mut body = table.dir(only);
+                if let (Some(tenancy), None) = (&app.tenancy, only) {
+                    add_sandbox(&mut body, tenancy);
                 }
-                Verb::Options => Ok((
-                    response::options("GET, HEAD, OPTIONS"),
-                    Some("__dir__".into()),
-                )),
-                Verb::Call(m) => Err((
-                    ApiError::MethodUndefined {
-                        api: "__dir__".into(),
-                        method: m.as_str().into(),
-                        allow: MethodSet::only(Method::Get),
-                    },
-                    None,
-                )),
-            };
+                body
+            });
+            return dir_response(verb, body);
         }
         Located::Api {
             api,
@@ -447,6 +417,27 @@ async fn tenant_table(app: &App, view: &View) -> Arc<RouteTable> {
         view.registry.sync(&[]).await
     };
     view.table(&admin, &own)
+}
+
+/// `__dir__` answered for `verb`: GET and HEAD get `body`, OPTIONS the methods it takes,
+/// any other method 404 `method_undefined`.
+fn dir_response(verb: Verb, body: Option<serde_json::Value>) -> Result<Routed, Failed> {
+    let label = || Some("__dir__".into());
+    match (verb, body) {
+        (Verb::Call(Method::Get) | Verb::Head, Some(body)) => {
+            Ok((response::json_value(StatusCode::OK, &body), label()))
+        }
+        (Verb::Options, _) => Ok((response::options("GET, HEAD, OPTIONS"), label())),
+        (Verb::Call(m), _) => Err((
+            ApiError::MethodUndefined {
+                api: "__dir__".into(),
+                method: m.as_str().into(),
+                allow: MethodSet::only(Method::Get),
+            },
+            None,
+        )),
+        (Verb::Head, None) => Err((ApiError::Internal("__dir__ without a body".into()), None)),
+    }
 }
 
 /// `__dir__` says whether tenant code can run here (SPEC §11.9: fail closed, and say so).

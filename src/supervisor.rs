@@ -17,7 +17,6 @@ use std::io::{PipeReader, Read};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -390,7 +389,6 @@ fn spawn(
     index: usize,
     listen: RawFd,
 ) -> Result<(Child, Channel), SpawnError> {
-    let parent = std::process::id();
     // Its own pipe: the supervisor knows who speaks on it (see `Channel`). Both ends are
     // close-on-exec; the child's copy of the write end is made inheritable below.
     let (reader, writer) = std::io::pipe()?;
@@ -422,33 +420,10 @@ fn spawn(
             cmd.env(name, value);
         }
     }
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe calls (prctl, getppid, fcntl, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The supervisor may have died before prctl took effect.
-            if libc::getppid() as u32 != parent {
-                libc::_exit(1);
-            }
-            for fd in [listen, ready, handoff_fd] {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    crate::child::dies_with_this_thread(
+        &mut cmd,
+        vec![(listen, listen), (ready, ready), (handoff_fd, handoff_fd)],
+    );
     let mut child = cmd.spawn()?;
     // Only the worker holds the write end now: its exit is the pipe's end.
     drop(writer);

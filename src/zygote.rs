@@ -14,7 +14,6 @@
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -142,23 +141,7 @@ impl Zygote {
             .envs(crate::supervisor::MIMALLOC_DEFAULTS)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stderr));
-        // SAFETY: between fork and exec only async-signal-safe calls (prctl, dup2).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                    || libc::dup2(fd, CONTROL_FD) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::child::dies_with_this_thread(&mut cmd, vec![(fd, CONTROL_FD)]);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the tenant zygote: {e}"))?;
