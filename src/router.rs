@@ -588,6 +588,83 @@ pub fn is_uuid_segment(seg: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn module(name: &str, dir: &str, apis: &[&str]) -> Arc<Module> {
+        let endpoints = apis
+            .iter()
+            .enumerate()
+            .map(|(i, api)| Endpoint {
+                api: api.to_string(),
+                func: format!("{name}_{i}"),
+                methods: MethodSet::only(Method::Get),
+                doc: String::new(),
+                signature: "()".into(),
+                params: crate::marshal::Signature::default(),
+                meta: Value::Null,
+                envelope_prefix: bytes::Bytes::new(),
+                label: format!("{name}.{api}").into(),
+                index: i,
+                schedule: Arc::new(crate::exec::Schedule::new(false)),
+            })
+            .collect();
+        Arc::new(Module {
+            name: name.into(),
+            path: std::path::PathBuf::from(format!("/srv/{dir}/{name}.py")),
+            alias: None,
+            owner: None,
+            public: Vec::new(),
+            endpoints,
+            errors: Vec::new(),
+            import_error: None,
+            code: None,
+            file: Arc::new(crate::plugins::FileState::in_memory(Arc::new(Vec::new()))),
+            deps: Vec::new(),
+        })
+    }
+
+    fn segs(path: &[&str]) -> Vec<String> {
+        path.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_tenants_names_shadow_the_admins_for_it_only() {
+        let admin = RouteTable::build(
+            vec![
+                module("orders", "admin", &["list"]),
+                module("util", "admin", &["list", "ping"]),
+            ],
+            Vec::new(),
+        );
+        let own = RouteTable::build(vec![module("orders", "tenant", &["list"])], Vec::new());
+        let view = RouteTable::layered(&own, &admin);
+        // The admin's `orders` is shadowed by name, the admin's `list` API by name.
+        let names: Vec<&str> = view.modules().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["orders", "util"]);
+        let Ok(Located::Api { api, module, .. }) = view.locate(&segs(&["list"])) else {
+            panic!("list is routed");
+        };
+        let picked = view
+            .select(&api, module, Method::Get)
+            .map(|s| s.module.path.clone());
+        assert_eq!(picked.ok(), Some("/srv/tenant/orders.py".into()));
+        // What the tenant does not define still reaches the admin's.
+        assert!(view.select("ping", None, Method::Get).is_ok());
+        // The admin's own table still has its 409 for `list`.
+        assert!(matches!(
+            admin.select("list", None, Method::Get),
+            Err(ApiError::Ambiguous { .. })
+        ));
+        // __dir__ lists only what the tenant's calls reach, and no absolute path.
+        let dir = view.dir(None);
+        let get = &dir["endpoints"]["GET"];
+        assert_eq!(get["list"]["func"], "orders_0", "{dir}");
+        assert_eq!(get["ping"]["func"], "util_1", "{dir}");
+        assert!(
+            get.get("util/list").is_none(),
+            "a shadowed admin API is listed: {dir}"
+        );
+        assert!(!dir.to_string().contains("/srv/"), "{dir}");
+    }
+
     #[test]
     fn method_sets_parse_like_the_decorator_promises() {
         let ok =
