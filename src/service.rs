@@ -91,6 +91,18 @@ enum Verb {
     Options,
 }
 
+impl Verb {
+    /// The method an endpoint must declare (HEAD is a GET without its body); `None` for
+    /// OPTIONS, which no endpoint runs for.
+    fn method(self) -> Option<Method> {
+        match self {
+            Verb::Options => None,
+            Verb::Head => Some(Method::Get),
+            Verb::Call(m) => Some(m),
+        }
+    }
+}
+
 /// Handles one request; never fails (every error is a JSON response).
 pub async fn handle(
     app: Arc<App>,
@@ -274,36 +286,20 @@ async fn route(
             params_at,
         } => (api, module, module_segment, params_at),
     };
-    let method = match verb {
-        Verb::Options => {
-            let allow = snap.table.allowed(&api, module_index);
-            return Ok((response::options(&allow.to_string()), Some(api.into())));
-        }
-        Verb::Head => Method::Get,
-        Verb::Call(m) => m,
+    let Some(method) = verb.method() else {
+        return Ok(options(&snap.table, api, module_index));
     };
     let selected = select(app, snap, &segs, &api, method)
         .await
         .map_err(|e| (e, Some(api.as_str().into())))?;
-    let label = Some(Arc::clone(&selected.endpoint().label));
-    let called = call(
-        app,
-        req,
-        Caller {
-            remote,
-            id: id.clone(),
-            uuid,
-            role: "admin",
-        },
-        selected,
-        &segs[params_at..],
-        module_segment,
-    )
-    .await;
-    match called {
-        Ok(resp) => Ok((resp, label)),
-        Err(e) => Err((e, label)),
-    }
+    let caller = Caller {
+        remote,
+        id: id.clone(),
+        uuid,
+        role: "admin",
+    };
+    let params = &segs[params_at..];
+    call_labelled(app, req, caller, selected, params, module_segment).await
 }
 
 /// A tenant's call: routed in its view (its modules over the admin's), run in its process
@@ -359,64 +355,76 @@ async fn route_tenant(
             params_at,
         } => (api, module, module_segment, params_at),
     };
-    let method = match verb {
-        Verb::Options => {
-            let allow = table.allowed(&api, module_index);
-            return Ok((response::options(&allow.to_string()), Some(api.into())));
-        }
-        Verb::Head => Method::Get,
-        Verb::Call(m) => m,
+    let Some(method) = verb.method() else {
+        return Ok(options(&table, api, module_index));
     };
     let selected = table
         .select(&api, module_index, method)
         .map_err(|e| (e, Some(api.as_str().into())))?;
-    let label = Some(Arc::clone(&selected.endpoint().label));
-    let remote_code = selected
-        .module
-        .code
-        .as_ref()
-        .is_some_and(|c| c.get::<RemoteModule>().is_some());
     // Held until the call is answered: DPMS_TENANT_CONCURRENCY calls at most in its process.
-    let _slot = match remote_code.then(|| view.slot()) {
-        Some(None) => return Err((ApiError::Overloaded, label)),
+    let _slot = match runs_in_tenant_process(&selected.module).then(|| view.slot()) {
+        Some(None) => {
+            let label = Some(Arc::clone(&selected.endpoint().label));
+            return Err((ApiError::Overloaded, label));
+        }
         Some(Some(slot)) => Some(slot),
         None => None,
     };
-    let called = call(
-        app,
-        req,
-        Caller {
-            remote,
-            id: id.clone(),
-            uuid,
-            role: "tenant",
-        },
-        selected,
-        &segs[params_at..],
-        module_segment,
-    )
-    .await;
-    match called {
+    let caller = Caller {
+        remote,
+        id: id.clone(),
+        uuid,
+        role: "tenant",
+    };
+    let params = &segs[params_at..];
+    call_labelled(app, req, caller, selected, params, module_segment).await
+}
+
+/// The tenant's layered table, with both owners' files checked fresh.
+async fn tenant_table(app: &App, view: &View) -> Arc<RouteTable> {
+    let admin = current_files(&app.registry).await;
+    let own = current_files(&view.registry).await;
+    view.table(&admin, &own)
+}
+
+/// The registry's snapshot, reloaded first if any of its files changed.
+async fn current_files(registry: &Registry) -> Arc<Snapshot> {
+    let snap = registry.snapshot().await;
+    if registry.files_current(&snap) {
+        snap
+    } else {
+        registry.sync(&[]).await
+    }
+}
+
+/// Whether the module's code was loaded into a tenant's process (else: this interpreter).
+fn runs_in_tenant_process(module: &crate::router::Module) -> bool {
+    module
+        .code
+        .as_ref()
+        .is_some_and(|c| c.get::<RemoteModule>().is_some())
+}
+
+/// [`call`], its response or error labelled with the endpoint the access log names.
+async fn call_labelled(
+    app: &App,
+    req: Request<Incoming>,
+    caller: Caller,
+    selected: Selected,
+    params: &[String],
+    module_segment: Option<String>,
+) -> Result<Routed, Failed> {
+    let label = Some(Arc::clone(&selected.endpoint().label));
+    match call(app, req, caller, selected, params, module_segment).await {
         Ok(resp) => Ok((resp, label)),
         Err(e) => Err((e, label)),
     }
 }
 
-/// The tenant's layered table, with both owners' files checked fresh.
-async fn tenant_table(app: &App, view: &View) -> Arc<RouteTable> {
-    let admin = app.registry.snapshot().await;
-    let admin = if app.registry.files_current(&admin) {
-        admin
-    } else {
-        app.registry.sync(&[]).await
-    };
-    let own = view.registry.snapshot().await;
-    let own = if view.registry.files_current(&own) {
-        own
-    } else {
-        view.registry.sync(&[]).await
-    };
-    view.table(&admin, &own)
+/// OPTIONS on an API: the methods it answers to.
+fn options(table: &RouteTable, api: String, module: Option<usize>) -> Routed {
+    let allow = table.allowed(&api, module);
+    (response::options(&allow.to_string()), Some(api.into()))
 }
 
 /// `__dir__` answered for `verb`: GET and HEAD get `body`, OPTIONS the methods it takes,
@@ -655,12 +663,7 @@ async fn call(
         id: id.clone(),
     });
 
-    let remote_code = selected
-        .module
-        .code
-        .as_ref()
-        .is_some_and(|c| c.get::<RemoteModule>().is_some());
-    let dispatch = if remote_code {
+    let dispatch = if runs_in_tenant_process(&selected.module) {
         TenantExec::call(
             &selected.module,
             selected.endpoint,
