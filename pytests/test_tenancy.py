@@ -1033,3 +1033,47 @@ def test_dir_says_whether_tenant_code_runs(mt, plugins):
     for caller in (ADMIN, tenant):
         body = body_json(mt.get(f"{caller}/__dir__/"))
         assert body["sandbox"] == {"tenant_code_runs": True, "layers_missing": []}, body
+
+
+def processes():
+    """(pid, parent pid, argv) of every process."""
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            args = (p / "cmdline").read_bytes().split(b"\0")
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        yield int(p.name), ppid, args
+
+
+def zygotes(supervisor):
+    """Pids of the tenant zygotes: `dpms zygote` processes whose parent is a worker."""
+    workers = {pid for pid, ppid, _ in processes() if ppid == supervisor}
+    return [pid for pid, ppid, args in processes() if b"zygote" in args and ppid in workers]
+
+
+def test_a_dead_zygote_is_replaced(start_server, tmp_path):
+    """Regression: a killed zygote stayed in use, so every later tenant process was started
+    afresh (and no zygote ran again)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    server = start_server(
+        env={"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1"},
+        plugin_dirs=[plugins],
+    )
+    first, second = register(server), register(server)
+    api1, api2 = unique("z1"), unique("z2")
+    simple(plugins, unique("zm1"), api1, "one", owner=first)
+    simple(plugins, unique("zm2"), api2, "two", owner=second)
+    assert ok(server.get(f"{first}/{api1}/")) == "one"
+    supervisor = server.proc.pid
+    old = wait_for(lambda: zygotes(supervisor), timeout=10, what="the worker's zygote")
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not set(old) & set(zygotes(supervisor)), timeout=10, what="the zygote to die")
+    assert ok(server.get(f"{second}/{api2}/")) == "two"
+    new = wait_for(lambda: zygotes(supervisor), timeout=10, what="a new zygote")
+    assert not set(new) & set(old), (old, new)
+    assert ok(server.get(f"{first}/{api1}/")) == "one"
