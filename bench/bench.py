@@ -13,6 +13,9 @@ Environment:
   BENCH_RSS_REQUESTS=N  requests for the long RSS run (default 1,000,000; 100,000 with BENCH_QUICK)
   BENCH_QUIET_WAIT=N    longest wait, per case, for other processes to stop loading the machine (60)
   BENCH_RETRIES=N       re-measurements of a case disturbed by other processes (default 2)
+
+Server "tenant" is dpms with MULTI_TENANT=True serving hello-world from a tenant's module, so every
+call crosses into that tenant's sandboxed process (forked on the server's CPU) and back.
 """
 
 import argparse
@@ -213,6 +216,7 @@ class Server:
         self.proc = None
         self.log_path = os.path.join(workdir, "%s.log" % label.replace(" ", "_"))
         self.started_secs = None
+        self.prefix = ""  # put before a case's /rest/services/... path (a tenant's uuid)
 
     def start(self, probe_path, ready_secs=READY_SECS):
         t0 = time.monotonic()
@@ -272,6 +276,47 @@ def make_dpms(label, plugin_dirs, workdir, with_workers):
         cmd += ["--workers", "1"]
     s = Server(label, cmd, env, run_dir, workdir)
     s.port = port
+    return s
+
+
+TENANT_ADMIN = "00000000-0000-4000-8000-00000000a0a0"
+TENANT_UUID = "6b3c1f7e-0d2a-4e59-9c61-5a8f0e4b7d21"
+# module1's hello-world, self-contained: a tenant's process reads only its own files, so the echo
+# helper the admin's sample imports is inlined.
+TENANT_MODULE = """\
+from vyperlogix.decorators import expose
+
+__ID__ = "%s"
+
+
+def echo(args, kwargs, **extra):
+    response = {
+        "args": {i: arg for i, arg in enumerate(args)},
+        "kwargs": {k: v for k, v in kwargs.items() if k != "__request__"},
+    }
+    response.update(extra)
+    return response
+
+
+@expose.endpoint(method="GET|PUT|POST".split("|"), API="hello-world")
+def foo(*args, **kwargs):
+    return echo(args, kwargs, response="hello-world")
+""" % TENANT_UUID
+
+
+def make_dpms_tenant(workdir, with_workers):
+    """dpms in MULTI_TENANT mode whose only module belongs to one registered tenant."""
+    folder = os.path.join(workdir, "tenant_plugins")
+    os.mkdir(folder)
+    write_atomically(os.path.join(folder, "module1.py"), TENANT_MODULE)
+    s = make_dpms("tenant", [folder], workdir, with_workers)
+    s.env.update({"MULTI_TENANT": "True", "ADMIN_ID": TENANT_ADMIN,
+                  "DPMS_DATA_DIR": os.path.join(workdir, "tenant_data"), "DPMS_LOG": "warn",
+                  # every wrk connection may have a call running (over the cap: 503 overloaded)
+                  "DPMS_TENANT_CONCURRENCY": str(CONNS)})
+    subprocess.run([DPMS_BIN, "tenant", "add", "bench", "--uuid", TENANT_UUID], env=s.env,
+                   cwd=s.cwd, check=True, capture_output=True, timeout=60)
+    s.prefix = "/rest/services/%s" % TENANT_UUID
     return s
 
 
@@ -339,9 +384,16 @@ def parse_wrk(text):
     return r
 
 
-def run_wrk(port, case, secs, extra_args=(), script=None):
+def tenant_path(server, path):
+    """A case's path as this server serves it (a tenant's uuid after /rest/services)."""
+    if server.prefix:
+        return server.prefix + path[len("/rest/services"):]
+    return path
+
+
+def run_wrk(port, case, secs, extra_args=(), script=None, server=None):
     """One wrk run (1 thread, CONNS connections, --latency), bounded in time."""
-    url = "http://%s:%d%s" % (HOST, port, case.path)
+    url = "http://%s:%d%s" % (HOST, port, tenant_path(server, case.path) if server else case.path)
     cmd = ["wrk", "-t1", "-c%d" % CONNS, "-d%ds" % max(1, round(secs)), "--latency"]
     lua = script or case.lua
     if lua:
@@ -399,10 +451,10 @@ def measure(server, case):
 
 def measure_once(server, case):
     """Warm up, then measure one case: wrk figures plus the server's CPU per request."""
-    run_wrk(server.port, case, WARMUP)
+    run_wrk(server.port, case, WARMUP, server=server)
     ticks0, busy0, wrk0 = cpu_ticks(server.pgid), machine_busy_ticks(), children_cpu_secs()
     t0 = time.monotonic()
-    r, _ = run_wrk(server.port, case, SECS)
+    r, _ = run_wrk(server.port, case, SECS, server=server)
     wall = time.monotonic() - t0
     ticks1, busy1, wrk1 = cpu_ticks(server.pgid), machine_busy_ticks(), children_cpu_secs()
     server_secs = (ticks1 - ticks0) / CLK_TCK
@@ -562,7 +614,7 @@ def print_report(rows, res, meta):
     for case_name, label, r in rows:
         dp = res["cases"].get((case_name, "dpms"))
         ratio = "-"
-        if label != "dpms" and dp and r and r["rps"]:
+        if label not in ("dpms", "tenant") and dp and r and r["rps"]:
             ratio = "%.2fx" % (dp["rps"] / r["rps"])
         shown = case_name if case_name != last_case else ""
         last_case = case_name
@@ -600,6 +652,11 @@ def print_report(rows, res, meta):
     if hw and hg and hg["rps"]:
         x = hw["rps"] / hg["rps"]
         out.append("  %s hello-world >= 1.6x Granian req/s        : %.2fx" % (verdict(x >= 1.6), x))
+    ht = c.get(("hello-world", "tenant"))
+    if ht and hg and hg["rps"]:
+        x = ht["rps"] / hg["rps"]
+        ok = x >= 1.0 and ht["non2xx"] + ht["sock_err"] == 0
+        out.append("  %s sandboxed tenant hello-world >= 1.0x Granian: %.2fx" % (verdict(ok), x))
     if hw and hw["cpu_us"] is not None:
         out.append("  %s hello-world <= 17 us CPU per request     : %.1f us" % (verdict(hw["cpu_us"] <= 17), hw["cpu_us"]))
     if hw and hw["p99_ms"] is not None:
@@ -632,8 +689,8 @@ def print_report(rows, res, meta):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--servers", default="dpms,granian,uvicorn",
-                    help="comma-separated subset of dpms,granian,uvicorn (default: all)")
+    ap.add_argument("--servers", default="dpms,tenant,granian,uvicorn",
+                    help="comma-separated subset of dpms,tenant,granian,uvicorn (default: all)")
     ap.add_argument("--skip-extra", action="store_true", help="skip the 1000-module, reload and RSS parts")
     ap.add_argument("--skip-rss", action="store_true", help="skip the long RSS run")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
@@ -679,6 +736,7 @@ def main():
 
         factories = {
             "dpms": lambda: make_dpms("dpms", base_dirs + [probe_few], workdir, with_workers),
+            "tenant": lambda: make_dpms_tenant(workdir, with_workers),
             "granian": lambda: make_granian(workdir),
             "uvicorn": lambda: make_uvicorn(workdir),
         }
@@ -688,21 +746,24 @@ def main():
                 sys.exit("bench: unknown server %r" % label)
             srv = factories[label]()
             log("starting %s on port %d" % (label, srv.port))
+            # A tenant's module serves hello-world only.
+            cases = [HELLO] if label == "tenant" else CASES
             try:
-                srv.start(HELLO.path)
+                srv.start(tenant_path(srv, HELLO.path))
                 if label == "dpms":
                     res["startup"]["1"] = srv.started_secs
                 # Same answers as dpms? (dpms is started first; compared against a fresh dpms
                 # answer otherwise.)
                 answers = []
-                for case in CASES:
-                    status, body = http_get(srv.port, case.path, method=case.method, body=case.body)
+                for case in cases:
+                    status, body = http_get(srv.port, tenant_path(srv, case.path), method=case.method,
+                                            body=case.body)
                     answers.append((status, body))
                 if reference is None:
                     reference = answers
                     ref_label = label
                 else:
-                    for case, (st, b), (rst, rb) in zip(CASES, answers, reference):
+                    for case, (st, b), (rst, rb) in zip(cases, answers, reference):
                         try:
                             same = st == rst and json.loads(b) == json.loads(rb)
                         except ValueError:
@@ -710,7 +771,7 @@ def main():
                         if not same:
                             res["problems"].append("%s %s: answer differs from %s's: %s" % (
                                 label, case.name, ref_label, b[:200]))
-                for case in CASES:
+                for case in cases:
                     log("%s: %s" % (label, case.name))
                     try:
                         r = measure(srv, case)

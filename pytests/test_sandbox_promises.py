@@ -381,10 +381,10 @@ def channel(kind):
         "oversized": b"\\xff\\xff\\xff\\xff",
         "garbage": len(b"not json").to_bytes(4, "big") + b"not json",
         "unexpected": (lambda body: len(body).to_bytes(4, "big") + body)(
-            b'{"op":"ready","layers_missing":[]}'
+            b'{"ready":{"layers_missing":[]}}'
         ),
         "unknown_id": (lambda body: len(body).to_bytes(4, "big") + body)(
-            b'{"op":"done","id":987654321,"result":{"kind":"internal","detail":"x"}}'
+            b'{"done":{"id":987654321,"result":{"internal":{"detail":"x"}}}}'
         ),
     }
     os.write(3, frames[kind])
@@ -398,17 +398,15 @@ FORGE = '''
 @expose.endpoint(method="POST", API="$p-forge")
 def forge(id, status, headers, body):
     import base64, json
-    frame = json.dumps({
-        "op": "done",
+    frame = json.dumps({"done": {
         "id": id,
-        "result": {
-            "kind": "custom",
+        "result": {"custom": {
             "status": status,
             "headers": headers,
             "content_type": "text/plain",
             "body": base64.b64encode(body.encode()).decode(),
-        },
-    }).encode()
+        }},
+    }}).encode()
     os.write(3, len(frame).to_bytes(4, "big") + frame)
     time.sleep(1)
     return "real answer"

@@ -41,7 +41,7 @@ pub struct TenantProcess {
     /// The host pid of the process started (the sandbox's waiting middle process).
     pid: libc::pid_t,
     out: mpsc::UnboundedSender<ToTenant>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<FromTenant>>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
     dead: AtomicBool,
     /// A second handle on the host's end of the channel, polled for the peer's hang-up: a
@@ -53,6 +53,50 @@ pub struct TenantProcess {
     last_module: Mutex<String>,
     /// Whose process it is (empty while a pooled process waits), for its output's tag.
     tenant: Mutex<String>,
+}
+
+/// Who waits for the answer to a message sent to a tenant process.
+enum Waiter {
+    /// A load or a specialisation: the answer as it came.
+    Message(oneshot::Sender<FromTenant>),
+    /// A call: its result, checked by the reader task itself, so a call costs no task of its
+    /// own between the channel and the request.
+    Call(CallWaiter),
+}
+
+/// The sending end of a call's result; dropped unanswered (the process died or lied), it
+/// answers `worker_lost` (SPEC §11.7).
+struct CallWaiter(Option<oneshot::Sender<crate::exec::CallResult>>);
+
+impl CallWaiter {
+    fn answer(mut self, result: crate::exec::CallResult) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for CallWaiter {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Err(CallFailure::WorkerLost));
+        }
+    }
+}
+
+/// A call's answer as the request sees it; `None` when the process lies (SPEC §11.8: a
+/// status the in-process path never produces), which kills it.
+fn checked_result(result: WireResult) -> Option<crate::exec::CallResult> {
+    match result {
+        WireResult::Custom { status, .. } if !(200..=599).contains(&status) => {
+            tracing::warn!(
+                status,
+                "tenant process answered with an impossible status; killing it"
+            );
+            None
+        }
+        result => Some(result.into_result()),
+    }
 }
 
 impl TenantProcess {
@@ -146,12 +190,9 @@ impl TenantProcess {
         });
         let writer = Arc::downgrade(&process);
         tokio::spawn(async move {
-            while let Some(message) = queue.recv().await {
-                if tx.send(&message).await.is_err() {
-                    if let Some(p) = writer.upgrade() {
-                        p.kill();
-                    }
-                    break;
+            if tx.pump(&mut queue).await.is_err() {
+                if let Some(p) = writer.upgrade() {
+                    p.kill();
                 }
             }
         });
@@ -170,8 +211,23 @@ impl TenantProcess {
                 };
                 let waiter = id.and_then(|id| p.take_pending(id));
                 match (message, waiter) {
-                    (Ok(m), Some(w)) => {
+                    (Ok(m), Some(Waiter::Message(w))) => {
                         let _ = w.send(m);
+                    }
+                    (Ok(FromTenant::Done { result, .. }), Some(Waiter::Call(w))) => {
+                        match checked_result(result) {
+                            Some(result) => w.answer(result),
+                            None => {
+                                drop(w);
+                                p.kill();
+                                break;
+                            }
+                        }
+                    }
+                    (Ok(m), Some(Waiter::Call(_))) => {
+                        tracing::warn!(pid = p.pid, message = ?m, "tenant process answered a call with another message; killing it");
+                        p.kill();
+                        break;
                     }
                     (Ok(m), None) => {
                         tracing::warn!(pid = p.pid, message = ?m, "tenant process sent an unexpected message; killing it");
@@ -193,7 +249,7 @@ impl TenantProcess {
         Ok(process)
     }
 
-    fn take_pending(&self, id: u64) -> Option<oneshot::Sender<FromTenant>> {
+    fn take_pending(&self, id: u64) -> Option<Waiter> {
         self.pending.lock().ok()?.remove(&id)
     }
 
@@ -264,17 +320,33 @@ impl TenantProcess {
     /// Sends one request and returns where its answer arrives (dropped if the process dies).
     fn ask(&self, make: impl FnOnce(u64) -> ToTenant) -> oneshot::Receiver<FromTenant> {
         let (reply, rx) = oneshot::channel();
-        if self.is_dead() {
-            return rx;
+        self.send(make, Waiter::Message(reply));
+        rx
+    }
+
+    /// Sends one call; its result arrives checked (`worker_lost` if the process dies).
+    fn ask_call(
+        &self,
+        make: impl FnOnce(u64) -> ToTenant,
+    ) -> oneshot::Receiver<crate::exec::CallResult> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make, Waiter::Call(CallWaiter(Some(reply))));
+        rx
+    }
+
+    fn send(&self, make: impl FnOnce(u64) -> ToTenant, waiter: Waiter) {
+        // The flag only: a caller on the request path has just looked for a hang-up
+        // (`TenantExec::lost`, one poll per request). A dead process drops the waiter.
+        if self.dead.load(Ordering::Acquire) {
+            return;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(id, reply);
+            pending.insert(id, waiter);
         }
         if self.out.send(make(id)).is_err() {
             self.kill();
         }
-        rx
     }
 }
 
@@ -540,44 +612,18 @@ impl TenantExec {
             ))));
         };
         let process = Arc::clone(&remote.process);
-        if process.is_dead() {
+        if process.dead.load(Ordering::Acquire) {
             return Dispatch::Done(Err(CallFailure::WorkerLost));
         }
         if let Ok(mut last) = process.last_module.lock() {
             last.clone_from(&module.name);
         }
-        let answer = process.ask(|id| ToTenant::Call {
+        let rx = process.ask_call(|id| ToTenant::Call {
             id,
             module: module.name.clone(),
             endpoint,
             args: WireArgs::from_call(args),
             request,
-        });
-        let (reply, rx) = oneshot::channel();
-        let watched = Arc::clone(&process);
-        tokio::spawn(async move {
-            let result = match answer.await {
-                Ok(FromTenant::Done {
-                    result: WireResult::Custom { status, .. },
-                    ..
-                }) if !(200..=599).contains(&status) => {
-                    // The in-process path never produces it: the process lies (SPEC §11.8).
-                    tracing::warn!(
-                        status,
-                        "tenant process answered with an impossible status; killing it"
-                    );
-                    watched.kill();
-                    Err(CallFailure::WorkerLost)
-                }
-                Ok(FromTenant::Done { result, .. }) => result.into_result(),
-                Ok(other) => {
-                    tracing::warn!(message = ?other, "tenant process answered a call with another message; killing it");
-                    watched.kill();
-                    Err(CallFailure::WorkerLost)
-                }
-                Err(_) => Err(CallFailure::WorkerLost),
-            };
-            let _ = reply.send(result);
         });
         let killer = Arc::clone(&process);
         Dispatch::Pending(rx, Interrupt::Kill(Arc::new(move || killer.kill())))

@@ -156,11 +156,7 @@ async fn serve(
     // One writer: frames from concurrent calls never interleave.
     let (out, mut queue) = tokio::sync::mpsc::unbounded_channel::<FromTenant>();
     let writing = tokio::spawn(async move {
-        while let Some(message) = queue.recv().await {
-            if tx.send(&message).await.is_err() {
-                break;
-            }
-        }
+        let _ = tx.pump(&mut queue).await;
     });
     let _ = out.send(FromTenant::Ready {
         layers_missing: missing,

@@ -5,6 +5,10 @@
 //! The host speaks first: one [`Start`], then any number of [`ToTenant`] messages, each
 //! answered by exactly one [`FromTenant`] with the same `id` (calls may finish out of order).
 //! Anything else from the tenant's side kills its process (see [`crate::ipc`]'s policy).
+//!
+//! Enums are externally tagged (`{"done": {...}}`, serde's default): serde reads them in one
+//! pass, where an internally tagged one (`{"op": "done", ...}`) is first buffered whole and then
+//! read again, which was most of a tenant process's cost per call.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -68,7 +72,7 @@ pub struct Start {
 /// Host → tenant.
 #[derive(Debug, Serialize, Deserialize)]
 #[allow(clippy::large_enum_variant)] // built once per message and moved into the writer
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ToTenant {
     /// A pooled process becomes this tenant's: its name, its environment, then seccomp.
     Specialise {
@@ -94,7 +98,7 @@ pub enum ToTenant {
 
 /// Tenant → host.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum FromTenant {
     /// The sandbox is up and Python started: the process is ready for calls.
     Ready {
@@ -115,7 +119,7 @@ pub enum FromTenant {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum WireLoaded {
     /// The helper's JSON description, parsed by the host.
     Ok {
@@ -138,7 +142,7 @@ pub struct WireArgs {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", content = "v", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum WireArg {
     Json(Value),
     Upload(WireUpload),
@@ -153,7 +157,7 @@ pub struct WireUpload {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", content = "v", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum WireField {
     Text(String),
     File(WireUpload),
@@ -176,7 +180,7 @@ pub struct WireRequest {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum WireResult {
     Json {
         body: B64,
@@ -409,6 +413,37 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The frames `pytests/test_sandbox_promises.py` forges from inside a tenant process are
+    /// well-formed messages, so those tests reach the checks they are about (an unexpected
+    /// message, an unknown id, a forged status) and not the parser's refusal.
+    #[test]
+    fn the_frames_the_hostile_channel_tests_forge_parse() {
+        let ready: FromTenant = serde_json::from_str(r#"{"ready":{"layers_missing":[]}}"#).unwrap();
+        assert!(matches!(ready, FromTenant::Ready { .. }));
+        let done: FromTenant = serde_json::from_str(
+            r#"{"done":{"id":987654321,"result":{"internal":{"detail":"x"}}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            done,
+            FromTenant::Done {
+                id: 987654321,
+                result: WireResult::Internal { .. }
+            }
+        ));
+        let forged: FromTenant = serde_json::from_str(
+            r#"{"done":{"id":1,"result":{"custom":{"status":700,"headers":[],"content_type":"text/plain","body":"eA=="}}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            forged,
+            FromTenant::Done {
+                result: WireResult::Custom { status: 700, .. },
+                ..
+            }
+        ));
     }
 
     #[test]

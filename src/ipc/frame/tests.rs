@@ -181,6 +181,43 @@ async fn async_reads_what_the_blocking_end_writes_byte_by_byte() {
     writer.join().unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn pump_sends_every_queued_message_in_order_then_ends_with_the_queue() {
+    let (tx, rx) = pair::<Msg>(MAX).unwrap();
+    let mut tx = tx.into_async().unwrap();
+    let mut rx = rx.into_async().unwrap();
+    let (queue_tx, mut queue) = tokio::sync::mpsc::unbounded_channel();
+    // More than one batch's worth, queued before the pump runs, so batches are cut.
+    for worker in 0..(BATCH_FRAMES * 2 + 3) {
+        queue_tx.send(Msg::Hello { worker }).unwrap();
+    }
+    drop(queue_tx);
+    tx.pump(&mut queue).await.unwrap();
+    drop(tx);
+    for worker in 0..(BATCH_FRAMES * 2 + 3) {
+        assert_eq!(rx.recv().await.unwrap(), Msg::Hello { worker });
+    }
+    assert!(matches!(rx.recv().await, Err(Error::Closed)));
+}
+
+#[tokio::test]
+async fn pump_refuses_an_oversized_message_and_sends_nothing_of_its_batch() {
+    let (tx, rx) = pair::<Msg>(MAX).unwrap();
+    let mut tx = tx.into_async().unwrap();
+    let mut rx = rx.into_async().unwrap();
+    let (queue_tx, mut queue) = tokio::sync::mpsc::unbounded_channel();
+    queue_tx.send(Msg::Hello { worker: 1 }).unwrap();
+    queue_tx
+        .send(Msg::Blob("x".repeat(MAX as usize + 1)))
+        .unwrap();
+    assert!(matches!(
+        tx.pump(&mut queue).await,
+        Err(Error::Oversized(_))
+    ));
+    drop(tx);
+    assert!(matches!(rx.recv().await, Err(Error::Closed)));
+}
+
 proptest! {
     /// Any byte stream gives messages then one error, never a panic, and never a buffer
     /// over the cap (a small cap here, so a random length is mostly over it).
