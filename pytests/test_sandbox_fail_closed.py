@@ -1,5 +1,6 @@
 """SPEC §11.9, fail closed, on the real kernel: a server that cannot apply a sandbox layer runs
-no tenant code, says so once at start and in `__dir__`, and keeps serving the admin's modules.
+no tenant code, says so once at start and in `__dir__`, and keeps serving the admin's modules;
+with `DPMS_SANDBOX=relaxed` it runs tenant code without that layer, and every call says so.
 
 Here the missing layer is real, not simulated: the server runs as `nobody`, so it cannot give
 a tenant process a host uid of its own (`host_uid`: switching uid needs CAP_SETUID).
@@ -49,6 +50,15 @@ def as_nobody():
 
 @pytest.fixture
 def nobody_server():
+    yield from start_as_nobody({})
+
+
+@pytest.fixture
+def relaxed_server():
+    yield from start_as_nobody({"DPMS_SANDBOX": "relaxed"})
+
+
+def start_as_nobody(extra_env):
     if os.geteuid() != 0:
         pytest.skip("needs root to start a server as nobody")
     work = pathlib.Path(tempfile.mkdtemp(prefix="dpms-failclosed-"))
@@ -59,7 +69,7 @@ def nobody_server():
     (plugins / "tenant_mod.py").write_text(TENANT_MODULE.format(tenant=tenant))
     for p in [work, plugins, *plugins.iterdir()]:
         os.chown(p, NOBODY, NOBODY)
-    env = clean_env({"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1"})
+    env = clean_env({"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1", **extra_env})
     added = subprocess.run(
         [str(binary_path()), "tenant", "add", "alice", "--uuid", tenant],
         cwd=work, env=env, preexec_fn=as_nobody, capture_output=True, text=True, timeout=30,
@@ -100,7 +110,9 @@ def test_without_a_layer_tenant_code_never_runs_and_the_admin_is_served(nobody_s
     assert not pathlib.Path("/tmp/ran-on-the-host").exists()
     # __dir__ says so.
     d = requests.get(f"{base}/{ADMIN}/__dir__/", timeout=30).json()
-    assert d["sandbox"] == {"tenant_code_runs": False, "layers_missing": ["host_uid"]}, d
+    assert d["sandbox"] == {
+        "tenant_code_runs": False, "layers_missing": ["host_uid"], "mode": "strict",
+    }, d
     # No process of this tenant was ever started (by its name: tenant processes of servers
     # that earlier tests stopped may still be exiting).
     comms = []
@@ -121,3 +133,58 @@ def test_without_a_layer_tenant_code_never_runs_and_the_admin_is_served(nobody_s
             break
         time.sleep(0.05)
     assert len(lines) == 1 and "host_uid" in lines[0], lines
+
+
+def log_lines(work, text):
+    return [line for line in (work / "stderr.log").read_text().splitlines() if text in line]
+
+
+def status_of(pid):
+    fields = {}
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return fields
+
+
+def test_relaxed_runs_tenant_code_without_the_layer_and_every_call_says_so(relaxed_server):
+    url, tenant, work = relaxed_server
+    base = f"{url}/rest/services"
+    r = requests.get(f"{base}/{ADMIN}/admin-ping/", timeout=30)
+    assert r.status_code == 200, r.text
+    calls = 3
+    for _ in range(calls):
+        r = requests.get(f"{base}/{tenant}/tenant-ping/", timeout=30)
+        assert r.status_code == 200 and r.json()["response"]["tenant_mod.ping"] == "pong", r.text
+    # The layers that are there still hold: its /tmp is its own scratch tmpfs.
+    assert not pathlib.Path("/tmp/ran-on-the-host").exists()
+    comm = "dpms-t-" + tenant.replace("-", "")[:8]
+    pids = []
+    for p in pathlib.Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and (p / "comm").read_text().strip() == comm:
+                pids.append(int(p.name))
+        except OSError:
+            pass
+    assert pids, "no process of the tenant"
+    inner = max(pids)  # pid 1 of its namespace (the middle process was forked first)
+    st = status_of(inner)
+    # Without the host_uid layer it keeps the server's uid (nobody), and nothing else.
+    assert st["Uid"][0] == str(NOBODY), st["Uid"]
+    assert st["NoNewPrivs"] == ["1"] and st["Seccomp"] == ["2"], st
+    assert st["CapEff"] == ["0000000000000000"], st["CapEff"]
+    d = requests.get(f"{base}/{ADMIN}/__dir__/", timeout=30).json()
+    assert d["sandbox"] == {
+        "tenant_code_runs": True, "layers_missing": ["host_uid"], "mode": "relaxed",
+    }, d
+    # One line at start, and one per tenant call naming what it runs without.
+    assert len(log_lines(work, "sandbox layers missing")) == 1
+    deadline = time.monotonic() + 10
+    per_call = []
+    while time.monotonic() < deadline:
+        per_call = log_lines(work, "tenant call runs without these sandbox layers")
+        if len(per_call) >= calls:
+            break
+        time.sleep(0.05)
+    assert len(per_call) == calls, per_call
+    assert all("host_uid" in line and tenant in line for line in per_call), per_call

@@ -33,7 +33,7 @@ from dpms_helpers import TIMEOUT, Launcher, binary_path, body_json, clean_env, d
 
 ADMIN = "5d1c9e27-8a43-4f6b-b2d0-93e7c4a1f856"
 MAX_SECS = 2  # MAX_FUNCTION_SECS of the shared server
-MEMORY_MIB = 1024  # DPMS_TENANT_MEMORY of the shared server (its default)
+MEMORY_MIB = 512  # DPMS_TENANT_MEMORY of the shared server (its default)
 SCRATCH_CAP = 64 << 20  # src/tenants.rs SCRATCH_BYTES
 DOTENV_KEY = "STEST_DOTENV_ONLY"
 DOTENV_VALUE = "dotenv-value-the-tenant-must-not-see"

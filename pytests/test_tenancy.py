@@ -1032,7 +1032,7 @@ def test_dir_says_whether_tenant_code_runs(mt, plugins):
     tenant = register(mt)
     for caller in (ADMIN, tenant):
         body = body_json(mt.get(f"{caller}/__dir__/"))
-        assert body["sandbox"] == {"tenant_code_runs": True, "layers_missing": []}, body
+        assert body["sandbox"] == {"tenant_code_runs": True, "layers_missing": [], "mode": "strict"}, body
 
 
 def processes():

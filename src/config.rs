@@ -165,8 +165,13 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "DPMS_TENANT_MEMORY",
-        default: "1024",
+        default: "512",
         doc: "Address space of a tenant process in MiB (`RLIMIT_AS`); past it allocations fail (a `MemoryError`, or the process dies: 502 `worker_lost`).",
+    },
+    Setting {
+        name: "DPMS_SANDBOX",
+        default: "strict",
+        doc: "`strict`: where the kernel lacks a sandbox layer, tenant code does not run (503 `sandbox_unavailable`; the admin's modules serve). `relaxed`: it runs without the missing layers, and every tenant call logs which.",
     },
     Setting {
         name: "DPMS_DATA_DIR",
@@ -261,6 +266,9 @@ pub struct Config {
     pub tenant_concurrency: usize,
     /// `DPMS_TENANT_MEMORY` in bytes: a tenant process's address space.
     pub tenant_memory: u64,
+    /// `DPMS_SANDBOX=relaxed`: tenant code runs even where the kernel lacks sandbox layers
+    /// (each call logs which); `strict`, the default, refuses it (SPEC §11.9).
+    pub sandbox_relaxed: bool,
     /// `.env` entries that are not dpms settings, put into the admin interpreter's
     /// `os.environ` before the first plugin import (absent from the process environment).
     pub extra_env: Vec<(String, String)>,
@@ -679,11 +687,26 @@ impl Sources {
             data_dir: self.data_dir(workdir),
             tenant_idle: self.seconds("DPMS_TENANT_IDLE_SECS", 300.0, 86_400.0 * 365.0)?,
             tenant_concurrency: self.count("DPMS_TENANT_CONCURRENCY", 8, 1..=10_000)?,
-            tenant_memory: self.count("DPMS_TENANT_MEMORY", 1024, 64..=(1 << 20))? as u64
+            tenant_memory: self.count("DPMS_TENANT_MEMORY", 512, 64..=(1 << 20))? as u64
                 * 1024
                 * 1024,
+            sandbox_relaxed: self.sandbox_relaxed()?,
             extra_env,
         })
+    }
+}
+
+impl Sources {
+    /// `DPMS_SANDBOX`: `strict` (the default) or `relaxed`, in any case.
+    fn sandbox_relaxed(&self) -> Result<bool, ConfigError> {
+        let Some(v) = self.get("DPMS_SANDBOX") else {
+            return Ok(false);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "strict" => Ok(false),
+            "relaxed" => Ok(true),
+            _ => Err(invalid("DPMS_SANDBOX", &v, "must be `strict` or `relaxed`")),
+        }
     }
 }
 
@@ -827,6 +850,22 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_mode_is_strict_unless_relaxed() {
+        let dir = std::env::temp_dir();
+        let tmp = dir.display().to_string();
+        for (value, relaxed) in [
+            (None, false),
+            (Some("strict"), false),
+            (Some(" Relaxed "), true),
+        ] {
+            let mut env = vec![("plugins", tmp.as_str())];
+            env.extend(value.map(|v| ("DPMS_SANDBOX", v)));
+            let c = sources(&[], &env).config(&dir).map(|c| c.sandbox_relaxed);
+            assert_eq!(c.ok(), Some(relaxed), "{value:?}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let dir = std::env::temp_dir();
         for (key, value) in [
@@ -835,6 +874,7 @@ mod tests {
             ("DEBUG", "maybe"),
             ("plugins", "/no/such/folder"),
             ("DPMS_RELOAD", "sometimes"),
+            ("DPMS_SANDBOX", "off"),
         ] {
             let tmp = dir.display().to_string();
             let env = [("plugins", tmp.as_str()), (key, value)];

@@ -196,6 +196,7 @@ fn sandbox_exec(args: &SandboxExecArgs) -> Result<(), String> {
         nproc: args.nproc,
         env,
         keep_fds: vec![0, 1, 2],
+        apply: dpms::sandbox::Layers::ALL,
     };
     let started = std::time::Instant::now();
     dpms::sandbox::enter(&spec).map_err(|e| e.to_string())?;

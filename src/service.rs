@@ -454,7 +454,11 @@ fn add_sandbox(body: &mut serde_json::Value, tenancy: &Tenants) {
         let missing = tenancy.missing_layers();
         map.insert(
             "sandbox".into(),
-            json!({"tenant_code_runs": missing.is_empty(), "layers_missing": missing}),
+            json!({
+                "tenant_code_runs": tenancy.tenant_code_runs(),
+                "layers_missing": missing,
+                "mode": tenancy.sandbox_mode(),
+            }),
         );
     }
 }

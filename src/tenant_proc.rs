@@ -87,13 +87,15 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     })
 }
 
-/// Every layer of SPEC §11: the host probed the kernel at start and starts no tenant process
-/// where a layer is missing (SPEC §11.9); a layer that still fails here ends the process.
+/// Every layer of SPEC §11 but those the host says to skip (`DPMS_SANDBOX=relaxed` on a
+/// kernel that lacks them; SPEC §11.9); a layer that still fails here ends the process.
 fn enter_sandbox(
     start: &Start,
     fd: RawFd,
 ) -> Result<(Vec<String>, Option<crate::sandbox::Unfinished>), String> {
-    let missing = Vec::new();
+    let missing = start.skip_layers.clone();
+    let apply = crate::sandbox::Layers::all_but(&missing)
+        .ok_or_else(|| format!("unknown sandbox layers to skip: {missing:?}"))?;
     let spec = crate::sandbox::Spec {
         host_uid: start.host_uid,
         host_gid: start.host_uid,
@@ -107,6 +109,7 @@ fn enter_sandbox(
         env: start.secrets.clone(),
         // stderr is the server's log: what the tenant prints reaches it tagged.
         keep_fds: vec![0, 1, 2, fd],
+        apply,
     };
     if start.pooled {
         let unfinished = crate::sandbox::enter_unspecialised(&spec).map_err(|e| e.to_string())?;

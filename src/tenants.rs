@@ -141,7 +141,11 @@ impl Tenants {
         if !missing.is_empty()
             && crate::state_dir::first_to_log(config.state_dir.as_deref(), "sandbox layers")
         {
-            tracing::error!(missing = ?missing, "sandbox layers missing: tenant code will not run; the admin's modules keep serving");
+            if config.sandbox_relaxed {
+                tracing::error!(missing = ?missing, "sandbox layers missing: DPMS_SANDBOX=relaxed, so tenant code runs without them");
+            } else {
+                tracing::error!(missing = ?missing, "sandbox layers missing: tenant code will not run; the admin's modules keep serving");
+            }
         }
         let tenants = Arc::new(Tenants {
             config,
@@ -176,6 +180,20 @@ impl Tenants {
     /// The sandbox layers this machine lacks.
     pub fn missing_layers(&self) -> &[&'static str] {
         &self.missing
+    }
+
+    /// `DPMS_SANDBOX`, as `__dir__` shows it.
+    pub fn sandbox_mode(&self) -> &'static str {
+        if self.config.sandbox_relaxed {
+            "relaxed"
+        } else {
+            "strict"
+        }
+    }
+
+    /// Whether tenant code runs here: every layer is there, or `DPMS_SANDBOX=relaxed`.
+    pub fn tenant_code_runs(&self) -> bool {
+        self.missing.is_empty() || self.config.sandbox_relaxed
     }
 
     /// Milliseconds since this worker started.
@@ -313,10 +331,14 @@ impl Tenants {
             return Err(Refused::Unknown);
         }
         if !self.missing.is_empty() {
-            return Err(Refused::NoSandbox(format!(
-                "Tenant code cannot run here: sandbox layers missing ({}).",
-                self.missing.join(", ")
-            )));
+            if !self.config.sandbox_relaxed {
+                return Err(Refused::NoSandbox(format!(
+                    "Tenant code cannot run here: sandbox layers missing ({}).",
+                    self.missing.join(", ")
+                )));
+            }
+            // SPEC §11.9: every tenant call says what it runs without.
+            tracing::warn!(tenant = %uuid, layers_missing = ?self.missing, "tenant call runs without these sandbox layers (DPMS_SANDBOX=relaxed)");
         }
         let existing = self.lock_views().get(&uuid).map(Arc::clone);
         let view = match existing {
@@ -521,7 +543,11 @@ impl Tenants {
             max_queued: 64,
             max_function_ms: u64::try_from(c.max_function_time.as_millis()).unwrap_or(u64::MAX),
             load_ms: u64::try_from(c.load_time.as_millis()).unwrap_or(u64::MAX),
-            relaxed: false,
+            skip_layers: if c.sandbox_relaxed {
+                self.missing.iter().map(|l| l.to_string()).collect()
+            } else {
+                Vec::new()
+            },
             pooled: false,
         })
     }

@@ -61,8 +61,9 @@ pub struct Start {
     pub max_queued: usize,
     pub max_function_ms: u64,
     pub load_ms: u64,
-    /// Run with the layers this kernel lacks (`DPMS_SANDBOX=relaxed`).
-    pub relaxed: bool,
+    /// The layers this kernel lacks, skipped under `DPMS_SANDBOX=relaxed` (empty otherwise:
+    /// the host starts no tenant process where a layer is missing).
+    pub skip_layers: Vec<String>,
     /// A warm pool's process: no tenant yet (`tenant`, `comm` and `secrets` are unused); it
     /// enters the sandbox but its name and seccomp filter, starts Python, and waits for a
     /// [`ToTenant::Specialise`] as its first message.

@@ -50,6 +50,9 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Descriptors that stay open (the channel to the host); every other one is closed.
     pub keep_fds: Vec<RawFd>,
+    /// The layers to apply: [`Layers::ALL`], except under `DPMS_SANDBOX=relaxed`, where the
+    /// ones this kernel lacks are skipped (SPEC §11.9).
+    pub apply: Layers,
 }
 
 /// The layer that could not be applied; nothing after it ran.
@@ -89,6 +92,32 @@ pub struct Layers {
 }
 
 impl Layers {
+    /// Every layer.
+    pub const ALL: Layers = Layers {
+        host_uid: true,
+        user_namespaces: true,
+        landlock: true,
+        seccomp: true,
+        no_new_privs: true,
+    };
+
+    /// Every layer but those named (as [`Layers::missing`] names them); `None` when a name is
+    /// not a layer's.
+    pub fn all_but(names: &[String]) -> Option<Layers> {
+        let mut layers = Layers::ALL;
+        for name in names {
+            match name.as_str() {
+                "host_uid" => layers.host_uid = false,
+                "namespaces" => layers.user_namespaces = false,
+                "no_new_privs" => layers.no_new_privs = false,
+                "landlock" => layers.landlock = false,
+                "seccomp" => layers.seccomp = false,
+                _ => return None,
+            }
+        }
+        Some(layers)
+    }
+
     /// Names of the layers missing, for the fail-closed startup line (empty = all present).
     pub fn missing(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -127,7 +156,7 @@ pub fn probe() -> Layers {
 
 /// Checks what can be checked before anything is changed.
 fn validate(spec: &Spec) -> Result<(), SandboxError> {
-    if spec.host_uid == 0 || spec.host_gid == 0 {
+    if spec.apply.host_uid && (spec.host_uid == 0 || spec.host_gid == 0) {
         return Err(SandboxError::Spec("host uid and gid must not be 0".into()));
     }
     if spec.comm.is_empty() || spec.comm.len() > 15 || spec.comm.contains('\0') {
@@ -179,29 +208,50 @@ pub fn enter(spec: &Spec) -> Result<(), SandboxError> {
 /// known (a warm pool's child is made before that). Between the two only dpms's own code may
 /// run; the environment is the caller's to set. Same contract as [`enter`] otherwise (a
 /// freshly forked, single-threaded caller continues as pid 1 of its namespace).
+///
+/// A layer left out of `spec.apply` (only under `DPMS_SANDBOX=relaxed`) is skipped: without
+/// `host_uid` the process keeps the server's uid; without `namespaces` it shares the host's
+/// namespaces, so its scratch folder is the host's `/tmp` and it is killed directly.
 pub fn enter_unspecialised(spec: &Spec) -> Result<Unfinished, SandboxError> {
     validate(spec)?;
+    let apply = spec.apply;
     sys::setsid()?;
     sys::set_dumpable()?;
-    sys::become_host_user(spec.host_uid, spec.host_gid)?;
-    // setresuid cleared the dumpable flag; the uid_map write below needs it back.
-    sys::set_dumpable()?;
-    sys::unshare_all()?;
-    sys::write_id_maps(INNER_ID, spec.host_uid, INNER_ID, spec.host_gid)?;
-    sys::fork_into_pid_namespace()?;
-    sys::mount_proc_and_scratch(SCRATCH_DIR, spec.scratch_bytes)?;
+    let (uid, gid) = if apply.host_uid {
+        sys::become_host_user(spec.host_uid, spec.host_gid)?;
+        // setresuid cleared the dumpable flag; the uid_map write below needs it back.
+        sys::set_dumpable()?;
+        (spec.host_uid, spec.host_gid)
+    } else {
+        // SAFETY: plain getters.
+        unsafe { (libc::geteuid(), libc::getegid()) }
+    };
+    if apply.user_namespaces {
+        sys::unshare_all()?;
+        sys::write_id_maps(INNER_ID, uid, INNER_ID, gid)?;
+        sys::fork_into_pid_namespace()?;
+        sys::mount_proc_and_scratch(SCRATCH_DIR, spec.scratch_bytes)?;
+    }
     sys::set_limits(spec)?;
     sys::drop_capabilities()?;
     sys::close_other_fds(&spec.keep_fds)?;
-    sys::no_new_privs()?;
-    landlock_layer::restrict(&spec.read_only, SCRATCH_DIR)?;
-    Ok(Unfinished(()))
+    if apply.no_new_privs {
+        sys::no_new_privs()?;
+    }
+    if apply.landlock {
+        landlock_layer::restrict(&spec.read_only, SCRATCH_DIR)?;
+    }
+    Ok(Unfinished {
+        seccomp: apply.seccomp,
+    })
 }
 
 /// A process inside every layer but its name and the seccomp filter (see
 /// [`enter_unspecialised`]).
 #[must_use = "the seccomp filter is applied only by finish"]
-pub struct Unfinished(());
+pub struct Unfinished {
+    seccomp: bool,
+}
 
 impl Unfinished {
     /// Names the process (`dpms-t-<8 hex>`) and applies the seccomp filter to every thread:
@@ -213,7 +263,10 @@ impl Unfinished {
             )));
         }
         sys::set_comm(comm)?;
-        seccomp::install()
+        if self.seccomp {
+            seccomp::install()?;
+        }
+        Ok(())
     }
 }
 
@@ -255,6 +308,7 @@ mod tests {
                 ("HOME".into(), "/root".into()),
             ],
             keep_fds: vec![],
+            apply: Layers::ALL,
         }
     }
 
@@ -272,6 +326,9 @@ mod tests {
         assert!(validate(&s).is_ok());
         s.host_uid = 0;
         assert!(validate(&s).is_err());
+        // Relaxed without the host_uid layer: the process keeps the server's uid.
+        s.apply.host_uid = false;
+        assert!(validate(&s).is_ok());
         let mut s = spec();
         s.comm = "dpms-t-0123abcdef".into();
         assert!(validate(&s).is_err());
@@ -292,5 +349,21 @@ mod tests {
         .missing()
         .is_empty());
         assert_eq!(Layers::default().missing().len(), 5);
+    }
+
+    #[test]
+    fn all_but_reads_back_what_missing_names() {
+        let names: Vec<String> = Layers::default()
+            .missing()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(Layers::all_but(&names), Some(Layers::default()));
+        assert_eq!(Layers::all_but(&[]), Some(Layers::ALL));
+        assert_eq!(
+            Layers::all_but(&["host_uid".into()]).map(|l| l.missing()),
+            Some(vec!["host_uid"])
+        );
+        assert_eq!(Layers::all_but(&["seccomp, landlock".into()]), None);
     }
 }

@@ -217,7 +217,12 @@ pub(super) fn set_limits(spec: &Spec) -> Result<(), SandboxError> {
     set_limit(libc::RLIMIT_CORE, 0)?;
     set_limit(libc::RLIMIT_NOFILE, spec.nofile)?;
     set_limit(libc::RLIMIT_FSIZE, spec.fsize_bytes)?;
-    set_limit(libc::RLIMIT_NPROC, spec.nproc)?;
+    // RLIMIT_NPROC counts every process and thread of the real uid: without a uid of its
+    // own (`DPMS_SANDBOX=relaxed`, no host_uid layer) that count is the server's, so the
+    // limit would stop the tenant's threads for the server's sake; it is left as it was.
+    if spec.apply.host_uid {
+        set_limit(libc::RLIMIT_NPROC, spec.nproc)?;
+    }
     if let Some(bytes) = spec.memory_bytes {
         set_limit(libc::RLIMIT_AS, bytes)?;
     }
