@@ -113,6 +113,14 @@ def test_without_a_layer_tenant_code_never_runs_and_the_admin_is_served(nobody_s
     assert d["sandbox"] == {
         "tenant_code_runs": False, "layers_missing": ["host_uid"], "mode": "strict",
     }, d
+    # /readyz says why it is not ready; /healthz that the process answers.
+    r = requests.get(f"{url}/readyz", timeout=30)
+    assert r.status_code == 503 and r.json()["error"] == "not_ready", r.text
+    assert "host_uid" in r.json()["status"], r.text
+    assert r.json()["checks"]["sandbox"] == {
+        "ok": False, "layers_missing": ["host_uid"], "mode": "strict",
+    }, r.text
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
     # No process of this tenant was ever started (by its name: tenant processes of servers
     # that earlier tests stopped may still be exiting).
     comms = []
@@ -177,6 +185,11 @@ def test_relaxed_runs_tenant_code_without_the_layer_and_every_call_says_so(relax
     assert d["sandbox"] == {
         "tenant_code_runs": True, "layers_missing": ["host_uid"], "mode": "relaxed",
     }, d
+    r = requests.get(f"{url}/readyz", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"]["sandbox"] == {
+        "ok": True, "layers_missing": ["host_uid"], "mode": "relaxed",
+    }, r.text
     # One line at start, and one per tenant call naming what it runs without.
     assert len(log_lines(work, "sandbox layers missing")) == 1
     deadline = time.monotonic() + 10

@@ -222,9 +222,10 @@ impl ApiError {
     }
 
     /// Extra headers this error carries (`Allow` on a method mismatch).
-    pub fn allow(&self) -> Option<MethodSet> {
+    pub fn allow(&self) -> Option<String> {
         match self {
-            ApiError::MethodUndefined { allow, .. } => Some(*allow),
+            ApiError::MethodUndefined { allow, .. } => Some(allow.to_string()),
+            ApiError::MethodNotAllowed { allow, .. } => Some((*allow).to_string()),
             _ => None,
         }
     }

@@ -17,6 +17,7 @@
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
+//! - [`health`]: `/healthz` and `/readyz`: the readiness rules over facts the service gathers.
 //! - [`response`]: JSON responses and error bodies.
 //! - [`request_id`]: the `X-Request-Id` kept from the client or made.
 //! - [`error`]: the catalogue of client-visible errors.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod fork_guard;
+pub mod health;
 pub mod ipc;
 pub mod marshal;
 pub mod plugins;

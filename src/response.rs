@@ -31,7 +31,7 @@ pub fn json_value(status: StatusCode, body: &Value) -> Response<Body> {
 pub fn error(err: &ApiError) -> Response<Body> {
     let mut resp = json_value(err.status(), &err.body());
     if let Some(allow) = err.allow() {
-        set_header(&mut resp, ALLOW, &allow.to_string());
+        set_header(&mut resp, ALLOW, &allow);
     }
     match err {
         ApiError::Overloaded => set_header(&mut resp, RETRY_AFTER, "1"),

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::config::{Config, ReloadMode};
 use crate::error::ApiError;
+use crate::health;
 use crate::marshal::{self, RequestParts, Target};
 use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
@@ -177,6 +178,9 @@ async fn route(
     let path = req.uri().path();
     if path == "/" {
         return index(verb).map_err(|e| (e, None));
+    }
+    if path == health::HEALTHZ || path == health::READYZ {
+        return probe(app, verb, path).await.map_err(|e| (e, None));
     }
     // The admin API (SPEC §7); without ADMIN_ID its paths are unknown like any other.
     if let Some(admin_id) = app.config.admin_id.filter(|_| admin::owns(path)) {
@@ -522,6 +526,56 @@ fn index(verb: Verb) -> Result<Routed, ApiError> {
         Verb::Options => Ok((response::options("GET, HEAD, OPTIONS"), None)),
         Verb::Call(_) => Err(ApiError::NotFound { path: "/".into() }),
     }
+}
+
+/// `/healthz` and `/readyz` (see [`health`]).
+async fn probe(app: &App, verb: Verb, path: &str) -> Result<Routed, ApiError> {
+    const ALLOW: &str = "GET, HEAD, OPTIONS";
+    match verb {
+        Verb::Call(Method::Get) | Verb::Head => {}
+        Verb::Options => return Ok((response::options(ALLOW), None)),
+        Verb::Call(m) => {
+            return Err(ApiError::MethodNotAllowed {
+                path: path.to_string(),
+                method: m.as_str().to_string(),
+                allow: ALLOW,
+            })
+        }
+    }
+    let (status, body) = if path == health::HEALTHZ {
+        health::health()
+    } else {
+        let registry = if let Some(tenancy) = &app.tenancy {
+            Some(tenancy.registry_check().await)
+        } else if let Some(store) = &app.tenants {
+            let store = Arc::clone(store);
+            Some(
+                tokio::task::spawn_blocking(move || store.snapshot().map(|_| ()))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+            )
+        } else if app.config.admin_id.is_some() {
+            Some(Err("the tenant registry could not be opened".into()))
+        } else {
+            None
+        };
+        if let Some(Err(cause)) = &registry {
+            tracing::warn!(cause = %cause, "/readyz: the tenant registry is unavailable");
+        }
+        health::readiness(&health::Facts {
+            plugins_loaded: true,
+            registry,
+            multi_tenant: app.tenancy.is_some(),
+            layers_missing: app
+                .tenancy
+                .as_ref()
+                .map(|t| t.missing_layers().to_vec())
+                .unwrap_or_default(),
+            relaxed: app.config.sandbox_relaxed,
+        })
+    };
+    Ok((response::json_value(status, &body), None))
 }
 
 /// Locates the path in a fresh snapshot. An unknown name is checked once more against the

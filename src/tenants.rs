@@ -201,6 +201,11 @@ impl Tenants {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Whether the registry can be read now (for `/readyz`).
+    pub async fn registry_check(&self) -> Result<(), String> {
+        self.known().await.map(|_| ())
+    }
+
     /// The registry as of now: re-read only when another write happened.
     async fn known(&self) -> Result<Arc<store::Snapshot>, String> {
         let store = self.store.as_ref().map_err(Clone::clone)?;

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -444,10 +444,6 @@ fn error_response(err: &ApiError) -> Response<Body> {
     if let Some(challenge) = err.www_authenticate() {
         resp.headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-    }
-    if let ApiError::MethodNotAllowed { allow, .. } = err {
-        resp.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allow));
     }
     resp
 }
