@@ -45,6 +45,8 @@ pub fn run(fd: RawFd) -> Result<(), String> {
     // Closed now: the sandbox closes every descriptor but the channel, and a second close
     // of this number later would close whatever reused it.
     drop(first);
+    // Found now: inside the sandbox Landlock hides /proc.
+    let exec_env = crate::sandbox::exec_environment_span();
     let (missing, unfinished) = enter_sandbox(&start, fd)?;
     // Forked from the zygote, Python's `os.environ` is still the zygote's: make it the
     // tenant's (its secrets and the fixed set), before any tenant code runs. A pooled
@@ -55,6 +57,13 @@ pub fn run(fd: RawFd) -> Result<(), String> {
         std::env::vars().collect()
     };
     crate::pyhost::replace_environ(&env).map_err(|e| e.to_string())?;
+    // The strings this process was started with (the zygote's allocator settings) stay in
+    // /proc/<pid>/environ until overwritten (SPEC §11.2: only secrets and the fixed set).
+    if let Some(span) = exec_env {
+        // SAFETY: the C environment and `os.environ` were both replaced just above, so
+        // nothing points into the span, and no thread of this process runs yet.
+        unsafe { span.wipe() };
+    }
     crate::telemetry::init_tenant("info");
     let config = tenant_config(&start)?;
     let host = Arc::new(PyHost::start(&config, 0).map_err(|e| e.to_string())?);

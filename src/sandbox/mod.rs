@@ -270,6 +270,40 @@ impl Unfinished {
     }
 }
 
+/// Where this process's exec-time environment strings lie (`env_start` and `env_end` of
+/// `/proc/self/stat`): what `/proc/<pid>/environ` shows for as long as the process lives,
+/// whatever it later does to its environment. Read it before [`enter`] (Landlock then hides
+/// `/proc`); a forked child has the same span as its parent.
+pub fn exec_environment_span() -> Option<ExecEnvironment> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the name's closing parenthesis start at field 3; env_start is 50.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let start: usize = fields.get(50 - 3)?.parse().ok()?;
+    let end: usize = fields.get(51 - 3)?.parse().ok()?;
+    (start < end && end - start <= 1 << 20).then_some(ExecEnvironment { start, end })
+}
+
+/// The span [`exec_environment_span`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecEnvironment {
+    start: usize,
+    end: usize,
+}
+
+impl ExecEnvironment {
+    /// Zeroes the exec-time environment strings, so `/proc/<pid>/environ` shows nothing the
+    /// process was started with (the zygote's allocator settings, SPEC §11.2).
+    ///
+    /// # Safety
+    /// Only after the process's environment was replaced (C `environ` and Python's
+    /// `os.environ` no longer point into the span), and with no other thread reading it.
+    pub unsafe fn wipe(self) {
+        // SAFETY: the span is this process's own initial stack area, mapped and writable for
+        // its whole life; the caller guarantees nothing still reads it.
+        unsafe { std::ptr::write_bytes(self.start as *mut u8, 0, self.end - self.start) };
+    }
+}
+
 /// The tenant's whole environment: its secrets plus the fixed minimal set.
 pub fn environment(spec: &Spec) -> Vec<(String, String)> {
     tenant_environment(&spec.env)
