@@ -63,7 +63,8 @@ def answer(r, status=200):
 
 def tenant_of(r, status=200):
     body = answer(r, status)
-    assert set(body) == {"status", "tenant"}, body
+    # A registration (201) hands out the tenant's first signing key, once (SPEC §12).
+    assert set(body) == ({"status", "tenant", "key"} if status == 201 else {"status", "tenant"}), body
     t = body["tenant"]
     assert set(t) == T_KEYS, t
     assert t["modules"] == [], t
@@ -238,6 +239,11 @@ BAD_BODIES = [
     ("PUT", "/{t}/secrets/K", b'{"value": "a\\u0000b"}'),
     ("PUT", "/{t}/secrets/K", b'{"value": "v", "name": "K"}'),
     ("PUT", "/{t}/secrets/K", b'"v"'),
+    # An array is not an object, even where serde would read one by position.
+    ("POST", "", b'["alice"]'),
+    ("PATCH", "/{t}", b"[false]"),
+    ("PUT", "/{t}/secrets/K", b'["v"]'),
+    ("POST", "/{t}/tokens", b"[]"),
     # A path uuid that is not one.
     ("GET", "/not-a-uuid", b""),
     ("PATCH", "/1234", b'{"enabled": true}'),
@@ -300,7 +306,7 @@ def test_404_unknown_tenant(admin_server, method, path, body):
 
 @pytest.mark.parametrize(
     "path",
-    ["", "/", "/nope", "/tenants//", "//tenants", "/tenants/{u}/keys", "/tenants/{u}/secrets/A/B"],
+    ["", "/", "/nope", "/tenants//", "//tenants", "/tenants/{u}/key", "/tenants/{u}/secrets/A/B"],
 )
 def test_404_unknown_admin_path(admin_server, some_tenant, path):
     error(call(admin_server, "GET", path.format(u=some_tenant)), 404, "not_found")
@@ -326,6 +332,8 @@ def test_409_conflict(admin_server):
         ("/tenants/{u}", ["POST", "PUT", "HEAD"], {"GET", "PATCH", "DELETE"}),
         ("/tenants/{u}/secrets", ["POST", "PUT", "PATCH", "DELETE"], {"GET"}),
         ("/tenants/{u}/secrets/K", ["GET", "POST", "PATCH"], {"PUT", "DELETE"}),
+        ("/tenants/{u}/keys", ["GET", "PUT", "PATCH", "DELETE"], {"POST"}),
+        ("/tenants/{u}/tokens", ["GET", "PUT", "PATCH", "DELETE"], {"POST"}),
     ],
 )
 def test_405_with_allow(admin_server, some_tenant, path, refused, allow):

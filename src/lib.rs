@@ -36,6 +36,8 @@
 //! - [`tenant_proc`]: `dpms tenant-proc`, one tenant's sandboxed process serving loads and
 //!   calls over its channel.
 //! - [`zygote`]: the single-threaded pre-imported process that forks tenant processes.
+//! - [`tokens`]: temporal single-use tokens (SPEC §12): the JWT format, minting, which stored
+//!   key verifies what.
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.
 
@@ -63,6 +65,7 @@ pub mod telemetry;
 pub mod tenancy;
 pub mod tenant_proc;
 pub mod tenants;
+pub mod tokens;
 pub mod zygote;
 
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use dpms::config::{Config, Overrides, Sources};
 use dpms::supervisor::{self, Plan, WorkerEnv};
 
 mod tenant_cli;
+mod token_cli;
 
 /// mimalloc for Rust's allocations (Python keeps its own allocator): see `Cargo.toml`.
 #[global_allocator]
@@ -44,6 +45,11 @@ enum Command {
     /// registry unavailable (unreadable, corrupt, locked).
     #[command(subcommand)]
     Tenant(tenant_cli::TenantCommand),
+    /// Signing keys and single-use tokens (SPEC §12), on the registry directly.
+    ///
+    /// Exit codes as `dpms tenant`.
+    #[command(subcommand)]
+    Token(token_cli::TokenCommand),
     /// A worker process; started by `dpms serve`, not by hand.
     #[command(hide = true)]
     Worker(ServeArgs),
@@ -145,6 +151,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Tenant(command)) => return tenant_cli::run(command),
+        Some(Command::Token(command)) => return token_cli::run(command),
         // Its flags are ignored: a worker's settings all come in the supervisor's handoff.
         Some(Command::Worker(_)) => worker(),
         Some(Command::SandboxExec(args)) => sandbox_exec(&args),

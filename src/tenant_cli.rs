@@ -75,7 +75,7 @@ pub enum SecretCommand {
 }
 
 /// Why a command failed, and so its exit code.
-enum Failure {
+pub enum Failure {
     /// Exit code 2.
     BadInput(String),
     /// Exit code 1.
@@ -93,8 +93,21 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// `StoreError::NotFound` for `uuid` says which tenant was not found.
+pub fn no_tenant(uuid: Uuid) -> impl FnOnce(StoreError) -> Failure {
+    move |e| match e {
+        StoreError::NotFound => Failure::Failed(format!("tenant {uuid} not found")),
+        e => e.into(),
+    }
+}
+
 pub fn run(command: TenantCommand) -> ExitCode {
-    match execute(command) {
+    exit(execute(command))
+}
+
+/// The exit code of a command's result, its error on stderr.
+pub fn exit(result: Result<(), Failure>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::BadInput(m)) => {
             eprintln!("dpms: {m}");
@@ -107,7 +120,7 @@ pub fn run(command: TenantCommand) -> ExitCode {
     }
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, Failure> {
+pub fn parse_uuid(text: &str) -> Result<Uuid, Failure> {
     Uuid::parse_str(text).map_err(|_| Failure::BadInput(format!("`{text}` is not a UUID")))
 }
 
@@ -115,22 +128,51 @@ fn print_tenant(t: &Tenant) {
     println!("{}", t.to_json());
 }
 
+/// The settings the registry needs, from the same sources as the server (`.env`, the
+/// environment); only those are checked, so the CLI works where no plugin folder exists.
+pub struct Setup {
+    pub sources: Sources,
+    pub workdir: std::path::PathBuf,
+    pub admin_id: Option<Uuid>,
+}
+
+impl Setup {
+    pub fn load() -> Result<Setup, Failure> {
+        let workdir = std::env::current_dir()
+            .map_err(|e| Failure::Failed(format!("cannot read the working folder: {e}")))?;
+        let sources = Sources::load(&workdir, Overrides::default())
+            .map_err(|e| Failure::BadInput(e.to_string()))?;
+        let admin_id = sources
+            .admin_id()
+            .map_err(|e| Failure::BadInput(e.to_string()))?;
+        Ok(Setup {
+            sources,
+            workdir,
+            admin_id,
+        })
+    }
+
+    /// Opens (creating when absent) the registry.
+    pub fn registry(&self) -> Result<Registry, Failure> {
+        Ok(Registry::open(&self.sources.data_dir(&self.workdir))?)
+    }
+}
+
 fn execute(command: TenantCommand) -> Result<(), Failure> {
-    let workdir = std::env::current_dir()
-        .map_err(|e| Failure::Failed(format!("cannot read the working folder: {e}")))?;
-    // The same sources as the server; only the settings the registry needs are checked, so
-    // the CLI works where no plugin folder exists.
-    let sources = Sources::load(&workdir, Overrides::default())
-        .map_err(|e| Failure::BadInput(e.to_string()))?;
-    let admin_id = sources
-        .admin_id()
-        .map_err(|e| Failure::BadInput(e.to_string()))?;
+    let setup = Setup::load()?;
+    let admin_id = setup.admin_id;
     // Checked before opening, so bad input never creates a registry.
     let command = Checked::new(command)?;
-    let registry = Registry::open(&sources.data_dir(&workdir))?;
+    let registry = setup.registry()?;
     match command {
         Checked::Add { userid, uuid } => {
-            print_tenant(&registry.add_tenant(&userid, uuid, admin_id)?);
+            // Its first signing key is shown here and never again (SPEC §12).
+            let (tenant, key) = registry.add_tenant(&userid, uuid, admin_id)?;
+            let mut out = tenant.to_json();
+            if let serde_json::Value::Object(m) = &mut out {
+                m.insert("key".into(), key.to_json());
+            }
+            println!("{out}");
         }
         Checked::List { json } => {
             let tenants = registry.list()?;
@@ -141,9 +183,11 @@ fn execute(command: TenantCommand) -> Result<(), Failure> {
                 print!("{}", table(&tenants));
             }
         }
-        Checked::Show(uuid) => print_tenant(&registry.get(uuid)?),
-        Checked::Enabled(uuid, on) => print_tenant(&registry.set_enabled(uuid, on)?),
-        Checked::Remove(uuid) => registry.remove(uuid)?,
+        Checked::Show(uuid) => print_tenant(&registry.get(uuid).map_err(no_tenant(uuid))?),
+        Checked::Enabled(uuid, on) => {
+            print_tenant(&registry.set_enabled(uuid, on).map_err(no_tenant(uuid))?)
+        }
+        Checked::Remove(uuid) => registry.remove(uuid).map_err(no_tenant(uuid))?,
         Checked::SecretSet { uuid, name, value } => registry.set_secret(uuid, &name, &value)?,
         Checked::SecretUnset { uuid, name } => registry.unset_secret(uuid, &name)?,
         Checked::SecretList(uuid) => {

@@ -16,6 +16,10 @@ mod registry;
 pub use generation::Generation;
 pub use registry::Registry;
 
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use indexmap::IndexMap;
 use uuid::Uuid;
 
@@ -72,12 +76,57 @@ pub struct TenantEntry {
     pub created: String,
 }
 
-/// Every tenant, read at once, in creation order, with the generation read just before it: a
-/// holder is up to date while [`Registry::generation`] still returns `generation`.
+/// Bytes in a signing key's secret (SPEC §12: 32 random bytes).
+pub const SECRET_BYTES: usize = 32;
+
+/// A signing key just made: the only moment its secret leaves the registry (SPEC §12).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub kid: String,
+    pub secret: [u8; SECRET_BYTES],
+}
+
+impl NewKey {
+    /// `{"kid": ..., "secret": "<base64url of 32 bytes>"}`, as handed out.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"kid": self.kid, "secret": URL_SAFE_NO_PAD.encode(self.secret)})
+    }
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewKey {{ kid: {:?}, secret: *** }}", self.kid)
+    }
+}
+
+/// What a snapshot keeps of one signing key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// The tenant (or the admin) whose tokens it signs.
+    pub owner: Uuid,
+    pub secret: [u8; SECRET_BYTES],
+    /// When a newer key replaced it (unix seconds); `None` while it is the owner's current one.
+    pub retired: Option<i64>,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KeyEntry {{ owner: {}, retired: {:?}, secret: *** }}",
+            self.owner, self.retired
+        )
+    }
+}
+
+/// Every tenant, read at once, in creation order, and every signing key by `kid`, with the
+/// generation read just before: a holder is up to date while [`Registry::generation`] still
+/// returns `generation`.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub generation: u64,
     pub tenants: IndexMap<Uuid, TenantEntry>,
+    pub keys: HashMap<String, KeyEntry>,
 }
 
 impl Snapshot {

@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension as _, Transaction};
 use uuid::Uuid;
 
 use super::{
-    check_secret_name, check_userid, Generation, Snapshot, StoreError, Tenant, TenantEntry,
+    check_secret_name, check_userid, Generation, KeyEntry, NewKey, Snapshot, StoreError, Tenant,
+    TenantEntry, SECRET_BYTES,
 };
 
 /// The database file inside `DPMS_DATA_DIR`.
@@ -21,7 +24,7 @@ pub const FILE_NAME: &str = "registry.sqlite3";
 /// The change counter inside `DPMS_DATA_DIR`.
 pub const GEN_FILE_NAME: &str = "registry.gen";
 /// The schema this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long a process waits for another's write lock. Writes are a few ms (one fsync'd
 /// commit), so only a stuck process or a burst of hundreds waits this long.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +48,23 @@ CREATE TABLE secrets (
     PRIMARY KEY (tenant, name)
 );
 ";
+
+/// Schema version 2: signing keys (SPEC §12). `owner` is a tenant's uuid or the admin's (who
+/// is no row of `tenants`, hence no foreign key: a tenant's keys are deleted with it
+/// explicitly). `retired` is when a newer key of the owner replaced it (unix seconds).
+const SCHEMA_V2: &str = "
+CREATE TABLE keys (
+    kid     TEXT PRIMARY KEY,
+    owner   TEXT NOT NULL,
+    secret  BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    retired INTEGER
+);
+CREATE INDEX keys_by_owner ON keys (owner);
+";
+
+/// Random bytes in a `kid` (base64url: 12 characters).
+const KID_BYTES: usize = 9;
 
 /// An open registry. One connection, serialised by a mutex (writes are serialised by SQLite
 /// anyway); [`Registry::generation`] does not take it.
@@ -145,12 +165,14 @@ impl Registry {
 
     /// Registers a tenant. `uuid` is made when absent; `reserved` is the admin's uuid, which no
     /// tenant may have.
+    /// Its first signing key is made in the same transaction and returned: the only time its
+    /// secret is seen.
     pub fn add_tenant(
         &self,
         userid: &str,
         uuid: Option<Uuid>,
         reserved: Option<Uuid>,
-    ) -> Result<Tenant, StoreError> {
+    ) -> Result<(Tenant, NewKey), StoreError> {
         check_userid(userid)?;
         let uuid = uuid.unwrap_or_else(Uuid::new_v4);
         if Some(uuid) == reserved {
@@ -186,9 +208,50 @@ impl Registry {
                 "INSERT INTO tenants (uuid, userid, enabled, created) VALUES (?1, ?2, 1, ?3)",
                 params![key, tenant.userid, tenant.created],
             )?;
-            Ok(())
-        })?;
-        Ok(tenant)
+            insert_key(tx, uuid)
+        })
+        .map(|new| (tenant, new))
+    }
+
+    /// Makes a new signing key for `owner` (a tenant, or `admin`: the admin's own) and retires
+    /// the ones it had, which verify for the server's grace period from now (SPEC §12).
+    pub fn rotate_key(&self, owner: Uuid, admin: Option<Uuid>) -> Result<NewKey, StoreError> {
+        self.write(|tx| {
+            let key = owner.to_string();
+            if Some(owner) != admin {
+                require_tenant(tx, &key)?;
+            }
+            tx.execute(
+                "UPDATE keys SET retired = ?1 WHERE owner = ?2 AND retired IS NULL",
+                params![unix_now(), key],
+            )?;
+            insert_key(tx, owner)
+        })
+    }
+
+    /// The current signing key of `owner` (a tenant, or `admin`), as `(kid, secret)`; `None`
+    /// when it has none (the admin before its first rotation, or a tenant registered by a
+    /// dpms before keys existed).
+    pub fn current_key(
+        &self,
+        owner: Uuid,
+        admin: Option<Uuid>,
+    ) -> Result<Option<(String, [u8; SECRET_BYTES])>, StoreError> {
+        let conn = self.conn();
+        let key = owner.to_string();
+        if Some(owner) != admin {
+            require_tenant(&conn, &key)?;
+        }
+        let row: Option<(String, Vec<u8>)> = conn
+            .query_row(
+                "SELECT kid, secret FROM keys WHERE owner = ?1 AND retired IS NULL
+                 ORDER BY created DESC, rowid DESC LIMIT 1",
+                [&key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(kid, secret)| Ok((kid, secret_bytes(&secret)?)))
+            .transpose()
     }
 
     /// Every tenant in creation order.
@@ -231,6 +294,7 @@ impl Registry {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            tx.execute("DELETE FROM keys WHERE owner = ?1", [uuid.to_string()])?;
             Ok(())
         })
     }
@@ -303,10 +367,37 @@ impl Registry {
                 );
             }
         }
+        let mut keys = std::collections::HashMap::new();
+        {
+            let mut stmt = tx.prepare_cached("SELECT kid, owner, secret, retired FROM keys")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (kid, owner, secret, retired) = row?;
+                let owner = Uuid::parse_str(&owner)
+                    .map_err(|_| unavailable(format!("corrupt owner `{owner}` in keys")))?;
+                let secret = secret_bytes(&secret)?;
+                keys.insert(
+                    kid,
+                    KeyEntry {
+                        owner,
+                        secret,
+                        retired,
+                    },
+                );
+            }
+        }
         tx.finish()?;
         Ok(Snapshot {
             generation,
             tenants,
+            keys,
         })
     }
 }
@@ -378,6 +469,13 @@ fn connect(path: &Path) -> Result<Connection, Attempt> {
             .map_err(why)?;
         if version < 1 {
             tx.execute_batch(SCHEMA_V1).map_err(why)?;
+        }
+        if version < 2 {
+            // From version 1: tenants registered before keys existed have none until their
+            // first rotation (a key made here could never be handed out).
+            tx.execute_batch(SCHEMA_V2).map_err(why)?;
+        }
+        if version < SCHEMA_VERSION {
             tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(why)?;
         }
@@ -415,6 +513,34 @@ fn get_tenant(conn: &Connection, uuid: Uuid) -> Result<Tenant, StoreError> {
     .ok_or(StoreError::NotFound)?
 }
 
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A new random key for `owner`, inserted as its current one.
+fn insert_key(tx: &Transaction<'_>, owner: Uuid) -> Result<NewKey, StoreError> {
+    let mut kid = [0u8; KID_BYTES];
+    let mut secret = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut kid).map_err(|e| unavailable(format!("no randomness: {e}")))?;
+    getrandom::fill(&mut secret).map_err(|e| unavailable(format!("no randomness: {e}")))?;
+    let kid = URL_SAFE_NO_PAD.encode(kid);
+    tx.execute(
+        "INSERT INTO keys (kid, owner, secret, created) VALUES (?1, ?2, ?3, ?4)",
+        params![kid, owner.to_string(), &secret[..], unix_now()],
+    )?;
+    Ok(NewKey { kid, secret })
+}
+
+/// A stored secret as its 32 bytes; another length means the file was changed behind our back.
+fn secret_bytes(stored: &[u8]) -> Result<[u8; SECRET_BYTES], StoreError> {
+    stored
+        .try_into()
+        .map_err(|_| unavailable("corrupt secret in keys"))
+}
+
 fn require_tenant(conn: &Connection, key: &str) -> Result<(), StoreError> {
     let found: Option<i64> = conn
         .query_row("SELECT 1 FROM tenants WHERE uuid = ?1", [key], |r| r.get(0))
@@ -443,10 +569,10 @@ mod tests {
         let reg = Registry::open(&dir.0.join("data")).unwrap();
         let admin = Uuid::new_v4();
         let g0 = reg.generation();
-        let a = reg.add_tenant("alice", None, Some(admin)).unwrap();
+        let (a, _) = reg.add_tenant("alice", None, Some(admin)).unwrap();
         assert!(reg.generation() > g0);
         let b_id = Uuid::new_v4();
-        let b = reg.add_tenant("bob", Some(b_id), Some(admin)).unwrap();
+        let (b, _) = reg.add_tenant("bob", Some(b_id), Some(admin)).unwrap();
         assert_eq!(b.uuid, b_id);
         assert!(matches!(
             reg.add_tenant("carol", Some(admin), Some(admin)),
@@ -505,6 +631,67 @@ mod tests {
         let g = reg.generation();
         other.set_enabled(a.uuid, true).unwrap();
         assert!(reg.generation() > g);
+    }
+
+    #[test]
+    fn keys_are_made_rotated_and_removed() {
+        let dir = temp();
+        let reg = Registry::open(&dir.0).unwrap();
+        let admin = Uuid::new_v4();
+        let (a, first) = reg.add_tenant("alice", None, Some(admin)).unwrap();
+        assert_eq!(first.kid.len(), 12);
+        assert_eq!(
+            reg.current_key(a.uuid, Some(admin)).unwrap(),
+            Some((first.kid.clone(), first.secret))
+        );
+        let second = reg.rotate_key(a.uuid, Some(admin)).unwrap();
+        assert_ne!(second.kid, first.kid);
+        assert_ne!(second.secret, first.secret);
+        assert_eq!(
+            reg.current_key(a.uuid, Some(admin)).unwrap(),
+            Some((second.kid.clone(), second.secret))
+        );
+        let snap = reg.snapshot().unwrap();
+        assert!(snap.keys[&first.kid].retired.is_some());
+        assert_eq!(snap.keys[&second.kid].retired, None);
+        assert_eq!(snap.keys[&second.kid].owner, a.uuid);
+        // The admin has no key until its first rotation; an unknown tenant has none at all.
+        assert_eq!(reg.current_key(admin, Some(admin)).unwrap(), None);
+        let own = reg.rotate_key(admin, Some(admin)).unwrap();
+        assert_eq!(
+            reg.current_key(admin, Some(admin)).unwrap(),
+            Some((own.kid.clone(), own.secret))
+        );
+        assert!(matches!(
+            reg.rotate_key(Uuid::new_v4(), Some(admin)),
+            Err(StoreError::NotFound)
+        ));
+        // Removal takes the tenant's keys and leaves the admin's.
+        reg.remove(a.uuid).unwrap();
+        let snap = reg.snapshot().unwrap();
+        assert_eq!(snap.keys.len(), 1);
+        assert!(snap.keys.contains_key(&own.kid));
+    }
+
+    #[test]
+    fn a_version_1_registry_is_migrated_and_keeps_its_tenants() {
+        let dir = temp();
+        std::fs::create_dir_all(&dir.0).unwrap();
+        {
+            let conn = Connection::open(dir.0.join(FILE_NAME)).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute(
+                "INSERT INTO tenants (uuid, userid, enabled, created) VALUES (?1, 'old', 1, 'x')",
+                [Uuid::nil().to_string()],
+            )
+            .unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+        }
+        let reg = Registry::open(&dir.0).unwrap();
+        assert_eq!(reg.list().unwrap()[0].userid, "old");
+        assert_eq!(reg.current_key(Uuid::nil(), None).unwrap(), None);
+        let k = reg.rotate_key(Uuid::nil(), None).unwrap();
+        assert_eq!(reg.snapshot().unwrap().keys[&k.kid].owner, Uuid::nil());
     }
 
     #[test]

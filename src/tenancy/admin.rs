@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::response::{self, Body};
-use crate::store::{self, Registry, StoreError, Tenant};
+use crate::store::{self, NewKey, Registry, StoreError, Tenant};
+use crate::tokens::{self, jwt, MintError, MintRequest};
 
 /// Every admin path is this or below it.
 pub const PREFIX: &str = "/rest/admin";
@@ -71,6 +72,10 @@ pub enum AdminOp {
     ListSecrets(Uuid),
     /// `DELETE /tenants/<uuid>/secrets/<NAME>`.
     UnsetSecret { uuid: Uuid, name: String },
+    /// `POST /tenants/<uuid>/keys`: a new signing key (the admin's own with `ADMIN_ID`).
+    RotateKey(Uuid),
+    /// `POST /tenants/<uuid>/tokens` `{"ttl": int, "htm": str, "htu": str}` (all optional).
+    MintToken { uuid: Uuid, ask: MintRequest },
 }
 
 impl AdminOp {
@@ -78,7 +83,10 @@ impl AdminOp {
     fn writes(&self) -> bool {
         !matches!(
             self,
-            AdminOp::ListTenants | AdminOp::GetTenant(_) | AdminOp::ListSecrets(_)
+            AdminOp::ListTenants
+                | AdminOp::GetTenant(_)
+                | AdminOp::ListSecrets(_)
+                | AdminOp::MintToken { .. }
         )
     }
 }
@@ -94,6 +102,8 @@ pub enum Route {
     PutSecret(Uuid, String),
     ListSecrets(Uuid),
     UnsetSecret(Uuid, String),
+    Keys(Uuid),
+    Tokens(Uuid),
 }
 
 /// `Authorization: Bearer <ADMIN_ID>` (scheme case-insensitive, RFC 9110 §11.1), else 401.
@@ -154,6 +164,14 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             };
             Ok(make(path_uuid(uuid)?))
         }
+        ["tenants", uuid, "keys"] => match m {
+            "POST" => Ok(Route::Keys(path_uuid(uuid)?)),
+            _ => Err(refuse("POST")),
+        },
+        ["tenants", uuid, "tokens"] => match m {
+            "POST" => Ok(Route::Tokens(path_uuid(uuid)?)),
+            _ => Err(refuse("POST")),
+        },
         ["tenants", uuid, "secrets"] => match m {
             "GET" => Ok(Route::ListSecrets(path_uuid(uuid)?)),
             _ => Err(refuse("GET")),
@@ -199,10 +217,28 @@ struct NewSecret {
     value: String,
 }
 
+/// `POST /tenants/<uuid>/tokens`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    #[serde(default)]
+    ttl: Option<i64>,
+    #[serde(default)]
+    htm: Option<String>,
+    #[serde(default)]
+    htu: Option<String>,
+}
+
 /// The body as `T`: bad JSON, a missing or unknown field or a wrong type is 400. serde's
 /// message names the field and the type; it quotes a value only when that value has the wrong
 /// type, and a secret's value has the right one, so no secret ends up in a response.
+/// Only an object: serde would also read a struct from a JSON array, by position.
 fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8], takes: &str) -> Result<T, ApiError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::BadRequest(format!(
+            "The request body must be a JSON object {takes}."
+        )));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("The request body must be JSON {takes}: {e}.")))
 }
@@ -252,6 +288,29 @@ impl Route {
             }
             Route::ListSecrets(u) => AdminOp::ListSecrets(u),
             Route::UnsetSecret(uuid, name) => AdminOp::UnsetSecret { uuid, name },
+            Route::Keys(u) => AdminOp::RotateKey(u),
+            Route::Tokens(uuid) => {
+                // No body at all asks for the defaults.
+                let b: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
+                    NewToken::default()
+                } else {
+                    json_body(body, r#"{"ttl": int (1-60), "htm": str, "htu": str}"#)?
+                };
+                if let Some(ttl) = b.ttl.filter(|t| !(1..=jwt::MAX_LIFETIME).contains(t)) {
+                    return Err(ApiError::BadRequest(format!(
+                        "`ttl` must be 1 to {} seconds (got {ttl}).",
+                        jwt::MAX_LIFETIME
+                    )));
+                }
+                AdminOp::MintToken {
+                    uuid,
+                    ask: MintRequest {
+                        ttl: b.ttl,
+                        htm: b.htm,
+                        htu: b.htu,
+                    },
+                }
+            }
         })
     }
 }
@@ -293,7 +352,9 @@ pub fn nothing_to_stop(_: Uuid) {}
 
 /// What the registry answered, before `T.modules` is filled in.
 enum Done {
-    Created(Tenant),
+    Created(Tenant, NewKey),
+    Key(NewKey),
+    Token(String, i64),
     Tenant(Tenant),
     Tenants(Vec<Tenant>),
     Removed(Uuid),
@@ -324,9 +385,17 @@ pub async fn execute(admin: &Admin<'_>, op: AdminOp) -> Result<(StatusCode, Valu
         v
     };
     Ok(match done {
-        Done::Created(t) => (
+        Done::Created(t, key) => (
             StatusCode::CREATED,
-            json!({"status": "OK", "tenant": tenant(&t)}),
+            json!({"status": "OK", "tenant": tenant(&t), "key": key.to_json()}),
+        ),
+        Done::Key(key) => (
+            StatusCode::CREATED,
+            json!({"status": "OK", "key": key.to_json()}),
+        ),
+        Done::Token(token, exp) => (
+            StatusCode::CREATED,
+            json!({"status": "OK", "token": token, "exp": exp}),
         ),
         Done::Tenant(t) => (
             StatusCode::OK,
@@ -358,7 +427,7 @@ fn run(registry: &Registry, reserved: Uuid, op: AdminOp) -> Result<Done, ApiErro
     match op {
         AdminOp::CreateTenant { userid, uuid } => registry
             .add_tenant(&userid, uuid, Some(reserved))
-            .map(Done::Created)
+            .map(|(t, key)| Done::Created(t, key))
             .map_err(store_error),
         AdminOp::ListTenants => registry.list().map(Done::Tenants).map_err(store_error),
         AdminOp::GetTenant(u) => registry.get(u).map(Done::Tenant).map_err(no_tenant(u)),
@@ -388,6 +457,22 @@ fn run(registry: &Registry, reserved: Uuid, op: AdminOp) -> Result<Done, ApiErro
                 },
                 e => store_error(e),
             }),
+        AdminOp::RotateKey(u) => registry
+            .rotate_key(u, Some(reserved))
+            .map(Done::Key)
+            .map_err(no_tenant(u)),
+        AdminOp::MintToken { uuid, ask } => {
+            let (kid, secret) = registry
+                .current_key(uuid, Some(reserved))
+                .map_err(no_tenant(uuid))?
+                .ok_or_else(|| ApiError::Conflict(MintError::NoKey(uuid).to_string()))?;
+            let (token, exp) = tokens::mint_with(uuid, &kid, &secret, &ask, tokens::unix_now())
+                .map_err(|e| match e {
+                    MintError::BadTtl(_) => ApiError::BadRequest(e.to_string()),
+                    e => ApiError::Internal(e.to_string()),
+                })?;
+            Ok(Done::Token(token, exp))
+        }
     }
 }
 
@@ -570,6 +655,16 @@ mod tests {
                 format!("/rest/admin/tenants/{T}/secrets/_X9"),
                 Route::UnsetSecret(t(), "_X9".into()),
             ),
+            (
+                "POST",
+                format!("/rest/admin/tenants/{T}/keys"),
+                Route::Keys(t()),
+            ),
+            (
+                "POST",
+                format!("/rest/admin/tenants/{T}/tokens/"),
+                Route::Tokens(t()),
+            ),
         ];
         for (m, p, want) in cases {
             assert_eq!(route(&method(m), &p).unwrap(), want, "{m} {p}");
@@ -584,7 +679,12 @@ mod tests {
             ("GET", "/rest/admin/nope".into(), "not_found"),
             ("GET", "/rest/admin/tenants//".into(), "not_found"),
             ("GET", "/rest/admin//tenants".into(), "not_found"),
-            ("GET", format!("/rest/admin/tenants/{T}/keys"), "not_found"),
+            ("GET", format!("/rest/admin/tenants/{T}/nope"), "not_found"),
+            (
+                "GET",
+                format!("/rest/admin/tenants/{T}/keys"),
+                "method_not_allowed",
+            ),
             (
                 "GET",
                 format!("/rest/admin/tenants/{T}/secrets/A/B"),
@@ -693,6 +793,24 @@ mod tests {
                 value: SecretValue(String::new())
             }
         );
+        assert_eq!(
+            op(Route::Tokens(t()), "").unwrap(),
+            AdminOp::MintToken {
+                uuid: t(),
+                ask: MintRequest::default()
+            }
+        );
+        assert_eq!(
+            op(Route::Tokens(t()), r#"{"ttl": 5, "htm": "GET"}"#).unwrap(),
+            AdminOp::MintToken {
+                uuid: t(),
+                ask: MintRequest {
+                    ttl: Some(5),
+                    htm: Some("GET".into()),
+                    htu: None
+                }
+            }
+        );
         // Routes without a body ignore one.
         assert_eq!(
             op(Route::ListTenants, "junk").unwrap(),
@@ -729,6 +847,16 @@ mod tests {
                 r#"{"value": "v", "x": 1}"#,
             ),
             (Route::PutSecret(t(), "K".into()), r#""v""#),
+            (Route::Tokens(t()), r#"{"ttl": 61}"#),
+            (Route::Tokens(t()), r#"{"ttl": 0}"#),
+            (Route::Tokens(t()), r#"{"ttl": "5"}"#),
+            (Route::Tokens(t()), r#"{"lifetime": 5}"#),
+            // serde reads a struct from an array by position; a body is an object.
+            (Route::Tokens(t()), "[]"),
+            (Route::Tokens(t()), "[5]"),
+            (Route::CreateTenant, r#"["alice"]"#),
+            (Route::PatchTenant(t()), "[false]"),
+            (Route::PutSecret(t(), "K".into()), r#"["v"]"#),
         ];
         for (r, b) in bad {
             assert_eq!(code(op(r.clone(), b)), "bad_request", "{r:?} {b}");
