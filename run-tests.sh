@@ -9,6 +9,15 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 
 ./makevenv.sh
+# The browser test (pytests/test_browser_tokens.py) drives Debian's Chromium.
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "run-tests: installing chromium (Debian)" >&2
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null; then
+        as_root apt-get update >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null
+    fi
+fi
 cargo build --locked
 cargo test --locked
 # Every fuzz target for 15 s on the checked-in corpus (installs cargo-fuzz into fuzz/.tools and

@@ -174,6 +174,21 @@ pub const SETTINGS: &[Setting] = &[
         doc: "`strict`: where the kernel lacks a sandbox layer, tenant code does not run (503 `sandbox_unavailable`; the admin's modules serve). `relaxed`: it runs without the missing layers, and every tenant call logs which.",
     },
     Setting {
+        name: "DPMS_REQUIRE_TOKENS",
+        default: "False",
+        doc: "`True`: every call needs a single-use token (`Authorization: Bearer <jwt>`), except endpoints declared `auth=\"public\"`; the admin API then takes the admin's token as its bearer. Needs `ADMIN_ID`.",
+    },
+    Setting {
+        name: "DPMS_KEY_GRACE_SECS",
+        default: "300",
+        doc: "Seconds a rotated-out signing key still verifies tokens.",
+    },
+    Setting {
+        name: "DPMS_TOKEN_LEDGER",
+        default: "1048576",
+        doc: "How many live (unexpired) tokens the replay ledger (`DPMS_DATA_DIR/ledger.bin`) holds; when full, new tokens get 429 `too_many_tokens` until old ones expire.",
+    },
+    Setting {
         name: "DPMS_DATA_DIR",
         default: ".dpms",
         doc: "Folder of the tenant registry (`registry.sqlite3`), relative to the working folder unless absolute; created mode 0700.",
@@ -266,6 +281,12 @@ pub struct Config {
     pub tenant_concurrency: usize,
     /// `DPMS_TENANT_MEMORY` in bytes: a tenant process's address space.
     pub tenant_memory: u64,
+    /// `DPMS_REQUIRE_TOKENS`: every call needs a token but `auth="public"` ones (SPEC §12).
+    pub require_tokens: bool,
+    /// `DPMS_KEY_GRACE_SECS`: how long a rotated-out key still verifies.
+    pub key_grace_secs: u64,
+    /// `DPMS_TOKEN_LEDGER`: live tokens the replay ledger holds.
+    pub token_ledger: usize,
     /// `DPMS_SANDBOX=relaxed`: tenant code runs even where the kernel lacks sandbox layers
     /// (each call logs which); `strict`, the default, refuses it (SPEC §11.9).
     pub sandbox_relaxed: bool,
@@ -365,6 +386,8 @@ pub enum ConfigError {
     NoPluginFolder { name: String, path: String },
     #[error("MULTI_TENANT=True needs ADMIN_ID (a UUID): refusing to start; set it in `.env` or the environment")]
     TenancyNeedsAdmin,
+    #[error("DPMS_REQUIRE_TOKENS=True needs ADMIN_ID (a UUID): tokens are signed with keys of the tenant registry, which only exists with it; refusing to start")]
+    TokensNeedAdmin,
     #[error("cannot read `{path}`: {source}")]
     Read {
         path: PathBuf,
@@ -648,6 +671,10 @@ impl Sources {
         if multi_tenant && admin_id.is_none() {
             return Err(ConfigError::TenancyNeedsAdmin);
         }
+        let require_tokens = self.boolean("DPMS_REQUIRE_TOKENS", false)?;
+        if require_tokens && admin_id.is_none() {
+            return Err(ConfigError::TokensNeedAdmin);
+        }
         // `.env` keys that are not settings go to the admin interpreter's `os.environ`, as the
         // original framework did (SPEC §8); the process environment wins over them.
         let mut extra_env: Vec<(String, String)> = self
@@ -690,6 +717,17 @@ impl Sources {
             tenant_memory: self.count("DPMS_TENANT_MEMORY", 512, 64..=(1 << 20))? as u64
                 * 1024
                 * 1024,
+            require_tokens,
+            key_grace_secs: self.parsed(
+                "DPMS_KEY_GRACE_SECS",
+                crate::tokens::DEFAULT_GRACE_SECS,
+                "expected whole seconds",
+            )?,
+            token_ledger: self.count(
+                "DPMS_TOKEN_LEDGER",
+                crate::tokens::ledger::DEFAULT_CAPACITY,
+                crate::tokens::ledger::SLOTS..=crate::tokens::ledger::MAX_CAPACITY,
+            )?,
             sandbox_relaxed: self.sandbox_relaxed()?,
             extra_env,
         })

@@ -87,6 +87,11 @@ pub enum ApiError {
     /// The admin API without the admin's bearer token (`WWW-Authenticate` goes with it).
     #[error("The admin API needs `Authorization: Bearer <ADMIN_ID>`.")]
     Unauthorized,
+    /// Missing or invalid single-use token; the reason is logged, never sent (SPEC §12).
+    #[error("This call needs a valid single-use token: `Authorization: Bearer <jwt>`.")]
+    InvalidToken,
+    #[error("Too many live tokens; retry in {retry_after} seconds.")]
+    TooManyTokens { retry_after: u64 },
     /// An admin API path that exists, with a method it does not have (`Allow`: `allow`). The
     /// plugin APIs answer 404 here instead (SPEC §4, compat); the admin API has no such past.
     #[error("{path} does not take {method}.")]
@@ -125,7 +130,8 @@ impl ApiError {
             | ApiError::NoSuchTenant { .. }
             | ApiError::NoSuchSecret { .. } => StatusCode::NOT_FOUND,
             ApiError::Ambiguous { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyTokens { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -173,7 +179,8 @@ impl ApiError {
             ApiError::Timeout { .. } => "timeout",
             ApiError::WorkerLost { .. } => "worker_lost",
             ApiError::SandboxUnavailable(_) => "sandbox_unavailable",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::InvalidToken => "unauthorized",
+            ApiError::TooManyTokens { .. } => "too_many_tokens",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::RegistryUnavailable(_) => "registry_unavailable",
@@ -234,6 +241,7 @@ impl ApiError {
     pub fn www_authenticate(&self) -> Option<&'static str> {
         match self {
             ApiError::Unauthorized => Some(r#"Bearer realm="dpms""#),
+            ApiError::InvalidToken => Some(r#"Bearer realm="dpms", error="invalid_token""#),
             _ => None,
         }
     }

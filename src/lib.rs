@@ -8,7 +8,8 @@
 //!   worker logs a message shared by all.
 //! - [`store`]: the tenant registry (SQLite in `DPMS_DATA_DIR`) and its cross-process change
 //!   counter; the one place state shared between processes and restarts lives.
-//! - [`tenancy`]: who may call what; so far the admin API (`/rest/admin/…`) over [`store`].
+//! - [`tenancy`]: who may call what: the admin API (`/rest/admin/…`) over [`store`], and the
+//!   token gate ([`tenancy::gate`]) on the request path.
 //! - [`child`]: how this binary starts processes of itself (they die with the starting
 //!   thread and inherit only the descriptors given).
 //! - [`fork_guard`]: what processes forked by plugin code must not keep.
@@ -37,7 +38,7 @@
 //!   calls over its channel.
 //! - [`zygote`]: the single-threaded pre-imported process that forks tenant processes.
 //! - [`tokens`]: temporal single-use tokens (SPEC §12): the JWT format, minting, which stored
-//!   key verifies what.
+//!   key verifies what, and the replay ledger ([`tokens::ledger`]) shared by the workers.
 //! - [`sandbox`]: the layers a tenant process enters (namespaces, rlimits, Landlock, seccomp) and
 //!   the kernel probe for them.
 
@@ -170,6 +171,10 @@ pub fn run(
                         store.clone(),
                         worker,
                     );
+                    if config.admin_id.is_some() {
+                        let gate = tenancy::gate::Gate::new(&config, store.clone());
+                        app = app.with_gate(Arc::new(gate));
+                    }
                     if config.multi_tenant {
                         app = app.with_tenancy(tenants::Tenants::new(Arc::clone(&config), store));
                     }

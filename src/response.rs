@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 use serde_json::Value;
 
@@ -27,14 +29,20 @@ pub fn json_value(status: StatusCode, body: &Value) -> Response<Body> {
     json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
-/// The error's JSON body, status and `Allow` header.
+/// The error's JSON body, status and headers (`Allow`, `WWW-Authenticate`, `Retry-After`).
 pub fn error(err: &ApiError) -> Response<Body> {
     let mut resp = json_value(err.status(), &err.body());
     if let Some(allow) = err.allow() {
         set_header(&mut resp, ALLOW, &allow);
     }
+    if let Some(challenge) = err.www_authenticate() {
+        set_header(&mut resp, WWW_AUTHENTICATE, challenge);
+    }
     match err {
         ApiError::Overloaded => set_header(&mut resp, RETRY_AFTER, "1"),
+        ApiError::TooManyTokens { retry_after } => {
+            set_header(&mut resp, RETRY_AFTER, &retry_after.to_string());
+        }
         // The rest of the body may still be on its way: do not read it, close.
         ApiError::RequestTimeout { .. } => set_header(&mut resp, CONNECTION, "close"),
         _ => {}

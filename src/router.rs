@@ -131,6 +131,39 @@ impl fmt::Display for MethodSet {
     }
 }
 
+/// Who may call an endpoint (SPEC §12): `auth="public"` or `auth="token"` in the decorator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Auth {
+    /// No `auth=`: a token when `DPMS_REQUIRE_TOKENS` says so.
+    #[default]
+    Default,
+    /// Anyone, also when tokens are required.
+    Public,
+    /// A valid token, also when tokens are not required.
+    Token,
+}
+
+impl Auth {
+    /// The decorator's `auth=` value (`None`: not given).
+    pub fn parse(value: Option<&Value>) -> Result<Auth, String> {
+        match value {
+            None => Ok(Auth::Default),
+            Some(Value::String(s)) if s == "public" => Ok(Auth::Public),
+            Some(Value::String(s)) if s == "token" => Ok(Auth::Token),
+            Some(other) => Err(format!("auth must be \"public\" or \"token\", not {other}")),
+        }
+    }
+
+    /// As `__dir__` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::Default => "default",
+            Auth::Public => "public",
+            Auth::Token => "token",
+        }
+    }
+}
+
 /// One routable function of a module.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -146,6 +179,8 @@ pub struct Endpoint {
     pub params: Signature,
     /// Extra decorator keywords, shown in `__dir__`.
     pub meta: Value,
+    /// `auth=` in the decorator (SPEC §12).
+    pub auth: Auth,
     /// `{"status":"OK","response":{"<module>.<func>":` — the success envelope up to the result.
     pub envelope_prefix: Bytes,
     /// `<module>.<func>`, as the access log names the endpoint.
@@ -539,6 +574,7 @@ impl RouteTable {
                             "doc": e.doc,
                             "signature": e.signature,
                             "schedule": e.schedule.describe(),
+                            "auth": e.auth.as_str(),
                         });
                         if let (Value::Object(info), Value::Object(meta)) = (&mut info, &e.meta) {
                             if !meta.is_empty() {
@@ -600,6 +636,7 @@ mod tests {
                 signature: "()".into(),
                 params: crate::marshal::Signature::default(),
                 meta: Value::Null,
+                auth: Auth::Default,
                 envelope_prefix: bytes::Bytes::new(),
                 label: format!("{name}.{api}").into(),
                 index: i,

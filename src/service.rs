@@ -25,6 +25,7 @@ use crate::router::{is_uuid_segment, Located, Method, MethodSet, RouteTable, Sel
 use crate::sandboxed::{RemoteModule, TenantExec};
 use crate::telemetry;
 use crate::tenancy::admin;
+use crate::tenancy::gate::{Access, Gate};
 use crate::tenants::{Caller as Who, Refused, Tenants, View};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,6 +47,8 @@ pub struct App {
     access_log: bool,
     /// `MULTI_TENANT=True`: who each uuid is, and the tenants' views.
     tenancy: Option<Arc<Tenants>>,
+    /// Tokens (SPEC §12), when `ADMIN_ID` is set.
+    gate: Option<Arc<Gate>>,
 }
 
 impl App {
@@ -65,7 +68,14 @@ impl App {
             worker_index: worker,
             access_log: telemetry::access_enabled(),
             tenancy: None,
+            gate: None,
         }
+    }
+
+    /// Checks tokens (SPEC §12) where the configuration or an endpoint asks for them.
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> App {
+        self.gate = Some(gate);
+        self
     }
 
     /// Serves tenants (SPEC §7): every call names its caller by uuid.
@@ -184,6 +194,22 @@ async fn route(
     }
     // The admin API (SPEC §7); without ADMIN_ID its paths are unknown like any other.
     if let Some(admin_id) = app.config.admin_id.filter(|_| admin::owns(path)) {
+        // With tokens required the admin's bearer is the admin's token, not ADMIN_ID.
+        let token_checked = match app.gate.as_deref().filter(|g| g.required()) {
+            Some(gate) => {
+                gate.check(
+                    req.headers(),
+                    Some(admin_id),
+                    req.method().as_str(),
+                    path,
+                    id.as_str(),
+                )
+                .await
+                .map_err(|e| (e, Some("admin".into())))?;
+                true
+            }
+            None => false,
+        };
         let (parts, body) = req.into_parts();
         let (max, limit) = (app.config.max_body, app.config.body_time);
         let body = async move {
@@ -212,6 +238,7 @@ async fn route(
             registry: app.tenants.clone(),
             modules: &modules,
             on_tenant_removed: &stop,
+            token_checked,
         };
         let resp = admin::serve(
             &admin,
@@ -240,6 +267,34 @@ async fn route(
         Some(first) if is_uuid_segment(first) => Some(segs.remove(0)),
         _ => None,
     };
+    // Before anything that looks up what exists: without a valid token (when required) every
+    // answer but a public endpoint's is the same 401, whatever the uuid or API (SPEC §12).
+    let access = Access::before_routing(
+        app.gate.as_deref(),
+        uuid.as_deref(),
+        req.headers(),
+        req.method().as_str(),
+        path,
+        id.as_str(),
+    )
+    .await;
+    let routed = route_services(app, req, remote, id, uuid, segs, verb, &access).await;
+    access.answer(routed)
+}
+
+/// A call under `/rest/services/`: its caller resolved, then routed in the caller's view.
+#[allow(clippy::too_many_arguments)]
+async fn route_services(
+    app: &App,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    id: &RequestId,
+    uuid: Option<String>,
+    segs: Vec<String>,
+    verb: Verb,
+    access: &Access<'_>,
+) -> Result<Routed, Failed> {
+    let path = req.uri().path();
     let who = match &app.tenancy {
         None => Who::Admin,
         Some(tenancy) => {
@@ -264,7 +319,7 @@ async fn route(
     };
     if let Who::Tenant(_, view) = &who {
         let view = Arc::clone(view);
-        return route_tenant(app, req, remote, id, uuid, &view, &segs, verb).await;
+        return route_tenant(app, req, remote, id, uuid, &view, &segs, verb, access).await;
     }
 
     let (snap, located) = locate(app, &segs).await.map_err(|e| (e, None))?;
@@ -296,6 +351,7 @@ async fn route(
     let selected = select(app, snap, &segs, &api, method)
         .await
         .map_err(|e| (e, Some(api.as_str().into())))?;
+    allow(access, &req, &selected, id).await?;
     let caller = Caller {
         remote,
         id: id.clone(),
@@ -318,6 +374,7 @@ async fn route_tenant(
     view: &View,
     segs: &[String],
     verb: Verb,
+    access: &Access<'_>,
 ) -> Result<Routed, Failed> {
     let table = tenant_table(app, view).await;
     let located = match table.locate(segs) {
@@ -365,6 +422,7 @@ async fn route_tenant(
     let selected = table
         .select(&api, module_index, method)
         .map_err(|e| (e, Some(api.as_str().into())))?;
+    allow(access, &req, &selected, id).await?;
     // Held until the call is answered: DPMS_TENANT_CONCURRENCY calls at most in its process.
     let _slot = match runs_in_tenant_process(&selected.module).then(|| view.slot()) {
         Some(None) => {
@@ -382,6 +440,26 @@ async fn route_tenant(
     };
     let params = &segs[params_at..];
     call_labelled(app, req, caller, selected, params, module_segment).await
+}
+
+/// Whether the selected endpoint may be called with the request's token (SPEC §12).
+async fn allow(
+    access: &Access<'_>,
+    req: &Request<Incoming>,
+    selected: &Selected,
+    id: &RequestId,
+) -> Result<(), Failed> {
+    let endpoint = selected.endpoint();
+    access
+        .allow(
+            endpoint.auth,
+            req.headers(),
+            req.method().as_str(),
+            req.uri().path(),
+            id.as_str(),
+        )
+        .await
+        .map_err(|e| (e, Some(Arc::clone(&endpoint.label))))
 }
 
 /// The tenant's layered table, with both owners' files checked fresh.

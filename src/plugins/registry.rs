@@ -23,7 +23,7 @@ use crate::config::{Config, ReloadMode};
 use crate::exec::{CodeRef, Schedule};
 use crate::exec::{Description, FinderEntry, LoadRequest, Loaded, Loader};
 use crate::marshal::Signature;
-use crate::router::{is_uuid_segment, Endpoint, FileProblem, MethodSet, Module, RouteTable};
+use crate::router::{is_uuid_segment, Auth, Endpoint, FileProblem, MethodSet, Module, RouteTable};
 
 /// A plugin file the snapshot answers for.
 #[derive(Debug, Clone)]
@@ -1054,6 +1054,13 @@ fn build_module(file: &TrackedFile, d: Description, code: Option<CodeRef>) -> Mo
             ));
             continue;
         }
+        let auth = match Auth::parse(e.meta.get("auth")) {
+            Ok(auth) => auth,
+            Err(why) => {
+                errors.push(format!("{}: {why}", e.func));
+                continue;
+            }
+        };
         let label: Arc<str> = format!("{}.{}", file.stem, e.func).into();
         let key = serde_json::to_string(&*label).unwrap_or_default();
         let blocking = e.meta.get("blocking") == Some(&Value::Bool(true));
@@ -1070,6 +1077,7 @@ fn build_module(file: &TrackedFile, d: Description, code: Option<CodeRef>) -> Mo
             } else {
                 Value::Null
             },
+            auth,
             envelope_prefix: Bytes::from(prefix),
             label,
             index: e.index,

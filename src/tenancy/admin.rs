@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -76,6 +76,8 @@ pub enum AdminOp {
     RotateKey(Uuid),
     /// `POST /tenants/<uuid>/tokens` `{"ttl": int, "htm": str, "htu": str}` (all optional).
     MintToken { uuid: Uuid, ask: MintRequest },
+    /// `POST /tenants/<uuid>/sessions` `{"ttl": int}` (optional): a browser session key.
+    MintSession { uuid: Uuid, ttl: Option<i64> },
 }
 
 impl AdminOp {
@@ -87,6 +89,7 @@ impl AdminOp {
                 | AdminOp::GetTenant(_)
                 | AdminOp::ListSecrets(_)
                 | AdminOp::MintToken { .. }
+                | AdminOp::MintSession { .. }
         )
     }
 }
@@ -104,6 +107,7 @@ pub enum Route {
     UnsetSecret(Uuid, String),
     Keys(Uuid),
     Tokens(Uuid),
+    Sessions(Uuid),
 }
 
 /// `Authorization: Bearer <ADMIN_ID>` (scheme case-insensitive, RFC 9110 §11.1), else 401.
@@ -123,7 +127,7 @@ pub fn authorize(admin_id: Uuid, authorization: Option<&HeaderValue>) -> Result<
 }
 
 /// The token of a `Bearer` credential.
-fn bearer_token(header: &str) -> Option<&str> {
+pub fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -170,6 +174,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         },
         ["tenants", uuid, "tokens"] => match m {
             "POST" => Ok(Route::Tokens(path_uuid(uuid)?)),
+            _ => Err(refuse("POST")),
+        },
+        ["tenants", uuid, "sessions"] => match m {
+            "POST" => Ok(Route::Sessions(path_uuid(uuid)?)),
             _ => Err(refuse("POST")),
         },
         ["tenants", uuid, "secrets"] => match m {
@@ -227,6 +235,14 @@ struct NewToken {
     htm: Option<String>,
     #[serde(default)]
     htu: Option<String>,
+}
+
+/// `POST /tenants/<uuid>/sessions`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewSession {
+    #[serde(default)]
+    ttl: Option<i64>,
 }
 
 /// The body as `T`: bad JSON, a missing or unknown field or a wrong type is 400. serde's
@@ -311,6 +327,22 @@ impl Route {
                     },
                 }
             }
+            Route::Sessions(uuid) => {
+                let b: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
+                    NewSession::default()
+                } else {
+                    json_body(body, r#"{"ttl": int (1-86400)}"#)?
+                };
+                if let Some(ttl) = b
+                    .ttl
+                    .filter(|t| !(1..=tokens::MAX_SESSION_SECS).contains(t))
+                {
+                    return Err(ApiError::BadRequest(
+                        MintError::BadSessionTtl(ttl).to_string(),
+                    ));
+                }
+                AdminOp::MintSession { uuid, ttl: b.ttl }
+            }
         })
     }
 }
@@ -340,6 +372,9 @@ pub struct Admin<'a> {
     /// Called once a tenant has been removed from the registry, to stop its processes. Called
     /// on the I/O thread: it must not block (start the work and return).
     pub on_tenant_removed: &'a (dyn Fn(Uuid) + Sync),
+    /// The caller already checked the bearer as the admin's single-use token
+    /// (`DPMS_REQUIRE_TOKENS`); `Bearer <ADMIN_ID>` is then not what lets a request in.
+    pub token_checked: bool,
 }
 
 /// [`Admin::modules`] while the plugin registry knows no owners: every tenant owns none.
@@ -355,6 +390,7 @@ enum Done {
     Created(Tenant, NewKey),
     Key(NewKey),
     Token(String, i64),
+    Session(tokens::Session),
     Tenant(Tenant),
     Tenants(Vec<Tenant>),
     Removed(Uuid),
@@ -397,6 +433,13 @@ pub async fn execute(admin: &Admin<'_>, op: AdminOp) -> Result<(StatusCode, Valu
             StatusCode::CREATED,
             json!({"status": "OK", "token": token, "exp": exp}),
         ),
+        Done::Session(session) => {
+            let mut body = session.to_json();
+            if let Value::Object(m) = &mut body {
+                m.insert("status".into(), json!("OK"));
+            }
+            (StatusCode::CREATED, body)
+        }
         Done::Tenant(t) => (
             StatusCode::OK,
             json!({"status": "OK", "tenant": tenant(&t)}),
@@ -473,6 +516,19 @@ fn run(registry: &Registry, reserved: Uuid, op: AdminOp) -> Result<Done, ApiErro
                 })?;
             Ok(Done::Token(token, exp))
         }
+        AdminOp::MintSession { uuid, ttl } => {
+            let (kid, secret) = registry
+                .current_key(uuid, Some(reserved))
+                .map_err(no_tenant(uuid))?
+                .ok_or_else(|| ApiError::Conflict(MintError::NoKey(uuid).to_string()))?;
+            let session = tokens::mint_session(&kid, &secret, ttl, tokens::unix_now()).map_err(
+                |e| match e {
+                    MintError::BadSessionTtl(_) => ApiError::BadRequest(e.to_string()),
+                    e => ApiError::Internal(e.to_string()),
+                },
+            )?;
+            Ok(Done::Session(session))
+        }
     }
 }
 
@@ -502,7 +558,9 @@ where
     F: Future<Output = Result<Bytes, ApiError>>,
 {
     let answer = async {
-        authorize(admin.admin_id, headers.get(AUTHORIZATION))?;
+        if !admin.token_checked {
+            authorize(admin.admin_id, headers.get(AUTHORIZATION))?;
+        }
         let route = route(method, path)?;
         let body = body.await?;
         let op = route.with_body(&body)?;
@@ -525,12 +583,7 @@ fn error_response(err: &ApiError) -> Response<Body> {
         ApiError::Unauthorized => tracing::debug!("admin API without the admin's bearer"),
         _ => {}
     }
-    let mut resp = response::error(err);
-    if let Some(challenge) = err.www_authenticate() {
-        resp.headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-    }
-    resp
+    response::error(err)
 }
 
 #[cfg(test)]
@@ -664,6 +717,11 @@ mod tests {
                 "POST",
                 format!("/rest/admin/tenants/{T}/tokens/"),
                 Route::Tokens(t()),
+            ),
+            (
+                "POST",
+                format!("/rest/admin/tenants/{T}/sessions"),
+                Route::Sessions(t()),
             ),
         ];
         for (m, p, want) in cases {
@@ -853,6 +911,9 @@ mod tests {
             (Route::Tokens(t()), r#"{"lifetime": 5}"#),
             // serde reads a struct from an array by position; a body is an object.
             (Route::Tokens(t()), "[]"),
+            (Route::Sessions(t()), r#"{"ttl": 86401}"#),
+            (Route::Sessions(t()), r#"{"ttl": 0}"#),
+            (Route::Sessions(t()), r#"{"ttl": 60, "htm": "GET"}"#),
             (Route::Tokens(t()), "[5]"),
             (Route::CreateTenant, r#"["alice"]"#),
             (Route::PatchTenant(t()), "[false]"),
@@ -897,6 +958,7 @@ mod tests {
             registry: Some(Arc::clone(&registry)),
             modules: &modules,
             on_tenant_removed: &on_removed,
+            token_checked: false,
         };
         let run = |op| execute(&admin, op);
 
@@ -964,6 +1026,7 @@ mod tests {
             registry: None,
             modules: &no_modules,
             on_tenant_removed: &nothing_to_stop,
+            token_checked: false,
         };
         let e = execute(&admin, AdminOp::ListTenants).await.unwrap_err();
         assert_eq!(e.code(), "registry_unavailable");

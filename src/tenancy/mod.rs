@@ -1,5 +1,6 @@
-//! Tenancy (SPEC §7): who may call what. So far: [`admin`], the admin API that manages the
-//! tenant registry over HTTP. (The tenant ids, the ownership rule, tokens and the replay ledger
-//! are to move in here too.)
+//! Tenancy (SPEC §7, §12): who may call what. [`admin`], the admin API that manages the tenant
+//! registry over HTTP; [`gate`], the token check on the request path. (The tenant ids and the
+//! ownership rule are to move in here too.)
 
 pub mod admin;
+pub mod gate;

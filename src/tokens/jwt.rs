@@ -113,13 +113,13 @@ pub fn verify(
     if claims.sub != target.sub {
         return Err(Invalid::Subject);
     }
-    if claims.exp - claims.iat > MAX_LIFETIME || claims.exp < claims.iat {
+    if claims.exp.saturating_sub(claims.iat) > MAX_LIFETIME || claims.exp < claims.iat {
         return Err(Invalid::TooLong);
     }
-    if claims.iat > now + SKEW {
+    if claims.iat > now.saturating_add(SKEW) {
         return Err(Invalid::NotYetValid);
     }
-    if claims.exp <= now - SKEW {
+    if claims.exp <= now.saturating_sub(SKEW) {
         return Err(Invalid::Expired);
     }
     if let Some(htm) = &claims.htm {
@@ -329,6 +329,23 @@ mod tests {
                     ..claims()
                 },
                 Invalid::TooLong,
+            ),
+            // Extreme values signed by a key holder: refused, no overflow.
+            (
+                Claims {
+                    iat: i64::MIN,
+                    exp: i64::MAX,
+                    ..claims()
+                },
+                Invalid::TooLong,
+            ),
+            (
+                Claims {
+                    iat: i64::MAX - 10,
+                    exp: i64::MAX,
+                    ..claims()
+                },
+                Invalid::NotYetValid,
             ),
             (
                 Claims {

@@ -1,11 +1,17 @@
 //! Temporal single-use tokens (SPEC §12): the JWT format ([`jwt`]), minting with a key of the
 //! registry ([`mint_with`]), and the pure rules for which stored key verifies what
-//! ([`key_verifies`]). Keys themselves live in [`crate::store`].
+//! ([`key_verifies`]), and the replay ledger ([`ledger`]). Keys themselves live in
+//! [`crate::store`].
 
 pub mod jwt;
+pub mod ledger;
 
 use std::time::SystemTime;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::store::{KeyEntry, Snapshot, SECRET_BYTES};
@@ -38,6 +44,95 @@ pub enum MintError {
     NoKey(Uuid),
     #[error("no randomness for the token id: {0}")]
     Random(String),
+    #[error("`ttl` must be 1 to {max} seconds (got {0})", max = MAX_SESSION_SECS)]
+    BadSessionTtl(i64),
+}
+
+/// The longest a browser session lives (SPEC §12), and its default.
+pub const MAX_SESSION_SECS: i64 = 86_400;
+pub const DEFAULT_SESSION_SECS: i64 = 3_600;
+/// A session's `kid` is `s.<tenant kid>.<session id>.<exp>`: all the server needs to derive
+/// its key again, so sessions are stored nowhere.
+const SESSION_PREFIX: &str = "s.";
+
+/// A browser session (SPEC §12): a key the page mints its tokens with, derived from the
+/// tenant's current key, valid until `exp` or the tenant key's rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub kid: String,
+    /// base64url of the 32-byte key.
+    pub key: String,
+    pub exp: i64,
+}
+
+impl Session {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"kid": self.kid, "key": self.key, "exp": self.exp})
+    }
+}
+
+/// A session for the owner of key `(kid, secret)`, `ttl` seconds from `now`.
+pub fn mint_session(
+    kid: &str,
+    secret: &[u8; SECRET_BYTES],
+    ttl: Option<i64>,
+    now: i64,
+) -> Result<Session, MintError> {
+    let ttl = ttl.unwrap_or(DEFAULT_SESSION_SECS);
+    if !(1..=MAX_SESSION_SECS).contains(&ttl) {
+        return Err(MintError::BadSessionTtl(ttl));
+    }
+    let sid = jwt::new_jti().map_err(|e| MintError::Random(e.to_string()))?;
+    let exp = now + ttl;
+    Ok(Session {
+        kid: format!("{SESSION_PREFIX}{kid}.{sid}.{exp}"),
+        key: URL_SAFE_NO_PAD.encode(session_key(secret, &sid, exp)),
+        exp,
+    })
+}
+
+/// HMAC-SHA256 of the session id and expiry under the tenant's key.
+fn session_key(secret: &[u8], sid: &str, exp: i64) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(b"dpms-session\0");
+    mac.update(sid.as_bytes());
+    mac.update(b"\0");
+    mac.update(exp.to_string().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The secret that verifies a token with header `kid` for `sub` at `now`: a stored key of
+/// `sub` that [`key_verifies`], or a session derived from one that is current (not retired:
+/// a rotation ends its sessions) and not past the session's `exp`.
+pub fn secret_for(
+    snapshot: &Snapshot,
+    kid: &str,
+    sub: Uuid,
+    admin: Option<Uuid>,
+    now: i64,
+    grace: u64,
+) -> Option<Vec<u8>> {
+    let Some(rest) = kid.strip_prefix(SESSION_PREFIX) else {
+        return snapshot
+            .keys
+            .get(kid)
+            .filter(|k| key_verifies(k, sub, admin, snapshot, now, grace))
+            .map(|k| k.secret.to_vec());
+    };
+    let mut parts = rest.split('.');
+    let (Some(base), Some(sid), Some(exp), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let exp: i64 = exp.parse().ok()?;
+    let entry = snapshot.keys.get(base)?;
+    let usable = now < exp
+        && exp.saturating_sub(now) <= MAX_SESSION_SECS
+        && entry.retired.is_none()
+        && key_verifies(entry, sub, admin, snapshot, now, grace);
+    usable.then(|| session_key(&entry.secret, sid, exp).to_vec())
 }
 
 /// A token for `sub` signed with `(kid, secret)`, issued `now`: `(jwt, exp)`.
@@ -107,6 +202,60 @@ mod tests {
             secret: [7; SECRET_BYTES],
             retired,
         }
+    }
+
+    #[test]
+    fn sessions_derive_and_die_with_their_key() {
+        let (t, admin) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut snap = snapshot(t, true);
+        snap.keys.insert("k1".into(), key(t, None));
+        let now = 1_000;
+        let s = mint_session("k1", &[7; SECRET_BYTES], Some(600), now).unwrap();
+        assert_eq!(s.exp, 1_600);
+        assert!(s.kid.starts_with("s.k1.") && s.kid.ends_with(".1600"));
+        let raw = URL_SAFE_NO_PAD.decode(&s.key).unwrap();
+        // The server derives the same key from the kid alone.
+        assert_eq!(
+            secret_for(&snap, &s.kid, t, Some(admin), now, 300),
+            Some(raw.clone())
+        );
+        assert_eq!(
+            secret_for(&snap, &s.kid, t, Some(admin), 1_599, 300),
+            Some(raw)
+        );
+        // Past exp, for another subject, with a forged exp or a retired base key: nothing.
+        assert_eq!(secret_for(&snap, &s.kid, t, Some(admin), 1_600, 300), None);
+        assert_eq!(
+            secret_for(&snap, &s.kid, admin, Some(admin), now, 300),
+            None
+        );
+        let later = s.kid.replace(".1600", ".1700");
+        let forged = secret_for(&snap, &later, t, Some(admin), now, 300).unwrap();
+        assert_ne!(URL_SAFE_NO_PAD.encode(forged), s.key);
+        for bad in [
+            "s.k1",
+            "s.k1.x",
+            "s.k1.x.1600.y",
+            "s.k1.x.soon",
+            "s.nokey.x.1600",
+        ] {
+            assert_eq!(
+                secret_for(&snap, bad, t, Some(admin), now, 300),
+                None,
+                "{bad}"
+            );
+        }
+        let far = format!("s.k1.x.{}", now + MAX_SESSION_SECS + 1);
+        assert_eq!(secret_for(&snap, &far, t, Some(admin), now, 300), None);
+        snap.keys.insert("k1".into(), key(t, Some(now)));
+        assert_eq!(secret_for(&snap, &s.kid, t, Some(admin), now, 300), None);
+        // A plain key still verifies in its grace.
+        assert!(secret_for(&snap, "k1", t, Some(admin), now, 300).is_some());
+        assert!(matches!(
+            mint_session("k1", &[7; SECRET_BYTES], Some(MAX_SESSION_SECS + 1), now),
+            Err(MintError::BadSessionTtl(_))
+        ));
+        assert!(mint_session("k1", &[7; SECRET_BYTES], Some(0), now).is_err());
     }
 
     #[test]

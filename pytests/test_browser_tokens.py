@@ -1,0 +1,269 @@
+"""The browser client (SPEC §12): a page served by dpms imports `clients/js/dpms-token.js`,
+mints a token in headless Chromium (Debian's `chromium`, driven over the DevTools protocol) from
+a session key the admin API made, and calls a token-only endpoint: one 200, then the same token
+again: 401. `./run-tests.sh` installs Chromium when it is missing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+import urllib.parse
+import uuid
+
+import jwt
+import pytest
+import requests
+import websocket
+
+from dpms_helpers import TIMEOUT, binary_path, clean_env, describe, write_atomic
+
+ADMIN = "7e3b9a1c-4d2f-4a6e-8c5b-0f9d1e2a3b4c"
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CLIENT = REPO / "clients" / "js" / "dpms-token.js"
+BROWSER_SECS = 60  # a bound on every wait for the browser
+
+
+def secret_of(key: dict) -> bytes:
+    s = key["secret"]
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def admin_token(key: dict) -> str:
+    now = int(time.time())
+    jti = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    claims = {"sub": ADMIN, "iat": now, "exp": now + 60, "jti": jti}
+    return jwt.encode(claims, secret_of(key), algorithm="HS256", headers={"kid": key["kid"]})
+
+
+def cli(data: pathlib.Path, *args) -> dict:
+    p = subprocess.run(
+        [str(binary_path()), *args],
+        cwd=data.parent,
+        env=clean_env({"ADMIN_ID": ADMIN, "DPMS_DATA_DIR": str(data)}),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return json.loads(p.stdout)
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>dpms tokens</title></head>
+<body><pre id="out">running</pre>
+<script type="module">
+import { mintToken } from "/rest/services/%(tenant)s/browser-client/";
+window.dpmsResult = (async () => {
+  const session = JSON.parse(decodeURIComponent(location.hash.slice(1)));
+  const path = `/rest/services/${session.sub}/browser-private/`;
+  const token = await mintToken(session, { method: "GET", path });
+  const first = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  const again = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  const other = await fetch(path, { headers: { "X-Dpms-Token": await mintToken(session, { path }) } });
+  const elsewhere = await fetch(path, {
+    method: "POST", headers: { Authorization: `Bearer ${await mintToken(session, { method: "GET", path })}` },
+  });
+  return JSON.stringify({
+    first: first.status, body: await first.json(), again: again.status,
+    challenge: again.headers.get("WWW-Authenticate"), other: other.status, elsewhere: elsewhere.status,
+    distinct: token !== await mintToken(session, { path }),
+  });
+})().catch((e) => JSON.stringify({ error: String(e && e.stack || e) }));
+window.dpmsResult.then((r) => { document.getElementById("out").textContent = r; });
+</script></body></html>
+"""
+
+
+@pytest.fixture
+def chromium():
+    found = shutil.which("chromium")
+    assert found, "Chromium is missing: ./run-tests.sh installs Debian's `chromium` package"
+    return found
+
+
+class Browser:
+    """Headless Chromium on a DevTools port of its choosing (loopback), one page."""
+
+    def __init__(self, binary, profile: pathlib.Path):
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",  # the tests run as root
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        active = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + BROWSER_SECS
+        while not (active.exists() and len(active.read_text().split()) >= 2):
+            assert self.proc.poll() is None, "chromium exited"
+            assert time.monotonic() < deadline, "chromium opened no DevTools port"
+            time.sleep(0.1)
+        port = int(active.read_text().split()[0])
+        pages = []
+        while not pages:
+            pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=TIMEOUT).json()
+                     if t.get("type") == "page"]
+            assert time.monotonic() < deadline, "chromium has no page"
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=BROWSER_SECS,
+                                              suppress_origin=True)
+        self.next_id = 0
+
+    def send(self, method, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        for _ in range(10_000):  # events come in between; bounded
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                assert "error" not in msg, msg
+                return msg["result"]
+        raise AssertionError(f"no answer to {method}")
+
+    def close(self):
+        try:
+            self.ws.close()
+        finally:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+
+def test_a_page_mints_a_token_and_it_is_served_once(start_server, tmp_path, chromium):
+    data = tmp_path / "data"
+    admin_key = cli(data, "token", "rotate", ADMIN)
+    tenant = cli(data, "tenant", "add", f"browser-{uuid.uuid4().hex[:8]}")["uuid"]
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    write_atomic(
+        plugins / "browser.py",
+        "import pathlib\n"
+        "from vyperlogix.decorators import expose\n"
+        "from dpms.response import Response\n"
+        f"PAGE = {PAGE % {'tenant': tenant}!r}\n"
+        f"CLIENT = pathlib.Path({str(CLIENT)!r})\n"
+        "@expose.endpoint(method='GET', API='browser-page', auth='public')\n"
+        "def page(**kwargs):\n"
+        "    return Response(PAGE, content_type='text/html; charset=utf-8')\n"
+        "@expose.endpoint(method='GET', API='browser-client', auth='public')\n"
+        "def client(**kwargs):\n"
+        "    return Response(CLIENT.read_text(encoding='utf-8'), content_type='text/javascript; charset=utf-8')\n"
+        "@expose.endpoint(method='GET', API='browser-private', auth='token')\n"
+        "def private(**kwargs):\n"
+        "    return {'private': True}\n",
+    )
+    server = start_server(
+        env={
+            "MULTI_TENANT": "True",
+            "ADMIN_ID": ADMIN,
+            "DPMS_WORKERS": "2",
+            "DPMS_REQUIRE_TOKENS": "True",
+            "DPMS_DATA_DIR": str(data),
+        },
+        plugin_dirs=[plugins],
+    )
+    r = server.post(
+        f"/rest/admin/tenants/{tenant}/sessions",
+        json={"ttl": 600},
+        headers={"Authorization": "Bearer " + admin_token(admin_key)},
+    )
+    assert r.status_code == 201, describe(r)
+    session = r.json()
+    assert set(session) == {"status", "kid", "key", "exp"}, session
+    assert 595 <= session["exp"] - time.time() <= 605
+    session = {"kid": session["kid"], "key": session["key"], "exp": session["exp"], "sub": tenant}
+
+    fragment = urllib.parse.quote(json.dumps(session))
+    url = f"{server.url}/rest/services/{tenant}/browser-page/#{fragment}"
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=url)
+        deadline = time.monotonic() + BROWSER_SECS
+        while True:
+            got = browser.send(
+                "Runtime.evaluate", expression="window.dpmsResult", awaitPromise=True, returnByValue=True
+            )["result"]
+            if got.get("type") == "string":
+                break
+            assert time.monotonic() < deadline, f"the page never ran: {got}"
+            time.sleep(0.2)
+    finally:
+        browser.close()
+    result = json.loads(got["value"])
+    assert "error" not in result, result["error"]
+    assert result["first"] == 200 and result["body"]["response"] == {"browser.private": {"private": True}}, result
+    assert result["again"] == 401, result
+    assert result["challenge"] == 'Bearer realm="dpms", error="invalid_token"', result
+    assert result["other"] == 200, result  # X-Dpms-Token, unbound method
+    assert result["elsewhere"] == 401, result  # bound to GET, sent as POST
+    assert result["distinct"] is True
+
+
+def test_sessions_refusals_and_their_end(start_server, tmp_path):
+    """Sessions through the admin API without a browser: bad ttl, unknown tenant, a session
+    token for another tenant's URL, and the end of every session with the key's rotation."""
+    data = tmp_path / "data"
+    tenant = cli(data, "tenant", "add", f"s-{uuid.uuid4().hex[:8]}")["uuid"]
+    other = cli(data, "tenant", "add", f"o-{uuid.uuid4().hex[:8]}")["uuid"]
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    write_atomic(
+        plugins / "sessions.py",
+        "from vyperlogix.decorators import expose\n"
+        "@expose.endpoint(method='GET', API='s-private', auth='token')\n"
+        "def private(**kwargs):\n"
+        "    return 'ok'\n",
+    )
+    server = start_server(
+        env={"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1", "DPMS_DATA_DIR": str(data),
+             "DPMS_KEY_GRACE_SECS": "300"},
+        plugin_dirs=[plugins],
+    )
+    auth = {"Authorization": f"Bearer {ADMIN}"}  # tokens not required: ADMIN_ID is the bearer
+    for body in [{"ttl": 0}, {"ttl": 86401}, {"ttl": "60"}, {"ttl": 60, "sub": tenant}]:
+        r = server.post(f"/rest/admin/tenants/{tenant}/sessions", json=body, headers=auth)
+        assert r.status_code == 400, describe(r)
+    r = server.post(f"/rest/admin/tenants/{uuid.uuid4()}/sessions", json={}, headers=auth)
+    assert r.status_code == 404, describe(r)
+    r = server.post(f"/rest/admin/tenants/{tenant}/sessions", headers=auth)  # no body: defaults
+    assert r.status_code == 201, describe(r)
+    s = r.json()
+    assert 3595 <= s["exp"] - time.time() <= 3605, s
+
+    def token(sub):
+        now = int(time.time())
+        jti = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        key = base64.urlsafe_b64decode(s["key"] + "=" * (-len(s["key"]) % 4))
+        return jwt.encode({"sub": sub, "iat": now, "exp": now + 30, "jti": jti}, key, algorithm="HS256",
+                          headers={"kid": s["kid"]})
+
+    path = f"/rest/services/{tenant}/s-private/"
+    assert server.get(path, headers={"Authorization": "Bearer " + token(tenant)}).status_code == 200
+    # A session of one tenant is nothing on another's URL.
+    r = server.get(f"/rest/services/{other}/s-private/", headers={"Authorization": "Bearer " + token(other)})
+    assert r.status_code == 401, describe(r)
+    # A forged expiry in the kid derives another key: refused.
+    forged = dict(s, kid=s["kid"].rsplit(".", 1)[0] + "." + str(s["exp"] + 100))
+    now = int(time.time())
+    bad = jwt.encode({"sub": tenant, "iat": now, "exp": now + 30, "jti": "A" * 22},
+                     base64.urlsafe_b64decode(s["key"] + "=" * (-len(s["key"]) % 4)), algorithm="HS256",
+                     headers={"kid": forged["kid"]})
+    assert server.get(path, headers={"Authorization": "Bearer " + bad}).status_code == 401
+    # Rotating the tenant's key ends its sessions at once (the old key keeps its grace for
+    # plain tokens only).
+    r = server.post(f"/rest/admin/tenants/{tenant}/keys", headers=auth)
+    assert r.status_code == 201, describe(r)
+    assert server.get(path, headers={"Authorization": "Bearer " + token(tenant)}).status_code == 401
