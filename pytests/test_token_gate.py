@@ -477,7 +477,7 @@ def test_public_endpoints_need_no_token(site):
     a = next(iter(site.tenants))
     for path in [f"/rest/services/{ADMIN}/gate-open/", f"/rest/services/{a}/gate-a-open/", f"/rest/services/{a}/gate-open/"]:
         served(site.call(path))
-        # A token is not looked at (nor spent): junk or good, the answer is the same.
+        # A token changes nothing: junk, good or replayed, a public endpoint answers.
         served(site.call(path, "junk"))
         token = mint(site.tenants[a], a)
         served(site.call(path, token))

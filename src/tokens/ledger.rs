@@ -83,8 +83,8 @@ pub struct FileLedger {
 
 impl FileLedger {
     /// Opens (or makes) `dir/ledger.bin` holding `capacity` tokens (rounded up to whole
-    /// buckets). A file of another size or an unknown header is made anew: it held nothing
-    /// this configuration could trust. Two processes opening at once are serialised by an
+    /// buckets). An existing valid ledger is used as it is, whatever capacity it was made
+    /// for; an unreadable one is made anew. Two processes opening at once are serialised by an
     /// exclusive `flock`, so one makes it and the other maps what it made.
     pub fn open(dir: &Path, capacity: usize) -> Result<FileLedger, LedgerError> {
         let path = dir.join(FILE_NAME);
@@ -92,8 +92,7 @@ impl FileLedger {
             path: path.clone(),
             source,
         };
-        let buckets = capacity.clamp(SLOTS, MAX_CAPACITY).div_ceil(SLOTS);
-        let len = HEADER + buckets * BUCKET_BYTES;
+        let wanted = capacity.clamp(SLOTS, MAX_CAPACITY).div_ceil(SLOTS);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -104,26 +103,37 @@ impl FileLedger {
             .map_err(io_err)?;
         let _lock = Flock::exclusive(&file).map_err(io_err)?;
         let size = file.metadata().map_err(io_err)?.len();
-        let fresh = usize::try_from(size).ok() != Some(len) || !header_is(&file, buckets);
+        // A ledger in use is never resized: another server's workers (a hand-off in progress)
+        // may map it, and would fault past a shorter end. One made for another capacity is kept
+        // as it is until the file is removed; only an empty or unreadable one is made anew.
+        let existing = existing_buckets(&file, size);
+        let buckets = existing.unwrap_or(wanted);
+        if existing.is_some_and(|b| b != wanted) {
+            tracing::warn!(path = %path.display(), holds = buckets * SLOTS, wanted = wanted * SLOTS,
+                "replay ledger made for another DPMS_TOKEN_LEDGER: kept; remove it (with the server stopped) to resize");
+        }
+        let fresh = existing.is_none();
         if fresh {
             if size != 0 {
-                tracing::warn!(path = %path.display(), "replay ledger of another size or format: made anew");
+                tracing::warn!(path = %path.display(), "replay ledger unreadable: made anew");
             }
             file.set_len(0).map_err(io_err)?;
-            file.set_len(len as u64).map_err(io_err)?;
+            file.set_len((HEADER + buckets * BUCKET_BYTES) as u64)
+                .map_err(io_err)?;
         }
         // SAFETY: the file is ours (0600 in the private data folder) and only ever mapped by
         // dpms processes, which touch it through the atomics and the bucket locks below; it
-        // is never truncated while mapped (only above, under the exclusive flock, when its
-        // size or header is not this configuration's, i.e. no worker of it maps it).
+        // is never truncated once it has a valid header (only above, under the exclusive
+        // flock, when it is empty or unreadable, i.e. no dpms process uses it).
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io_err)?;
         if fresh {
             let mut seed = [0u8; 16];
             getrandom::fill(&mut seed).map_err(|e| LedgerError::Random(e.to_string()))?;
-            map[..8].copy_from_slice(MAGIC);
             map[8..12].copy_from_slice(&1u32.to_le_bytes());
             map[12..20].copy_from_slice(&(buckets as u64).to_le_bytes());
             map[20..36].copy_from_slice(&seed);
+            // The magic last: a crash before this leaves a file that is made anew.
+            map[..8].copy_from_slice(MAGIC);
             map.flush().map_err(io_err)?;
         }
         let mut seed = [0u8; 16];
@@ -302,13 +312,20 @@ fn alive(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn header_is(file: &File, buckets: usize) -> bool {
+/// The bucket count of a valid ledger file of `size` bytes, or `None`.
+fn existing_buckets(file: &File, size: u64) -> Option<usize> {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; 20];
-    file.read_exact_at(&mut head, 0).is_ok()
-        && &head[..8] == MAGIC
-        && head[8..12] == 1u32.to_le_bytes()
-        && head[12..20] == (buckets as u64).to_le_bytes()
+    file.read_exact_at(&mut head, 0).ok()?;
+    if &head[..8] != MAGIC || head[8..12] != 1u32.to_le_bytes() {
+        return None;
+    }
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&head[12..20]);
+    let buckets = usize::try_from(u64::from_le_bytes(count)).ok()?;
+    let fits = (1..=MAX_CAPACITY / SLOTS).contains(&buckets)
+        && u64::try_from(HEADER + buckets * BUCKET_BYTES).ok() == Some(size);
+    fits.then_some(buckets)
 }
 
 /// An exclusive `flock` on a file, released when dropped.
@@ -403,10 +420,18 @@ mod tests {
         drop((one, two));
         let again = FileLedger::open(dir.path(), 4096).unwrap();
         assert_eq!(again.admit(sub, "shared", NOW + 60, NOW), Admit::Replayed);
-        // Another size: made anew.
-        drop(again);
+        // Another capacity asked: the ledger in use is kept as it is (never resized under
+        // another server's workers), with what it remembers.
         let other = FileLedger::open(dir.path(), 8192).unwrap();
-        assert_eq!(other.admit(sub, "shared", NOW + 60, NOW), Admit::Fresh);
+        assert_eq!(other.capacity(), 4096);
+        assert_eq!(other.admit(sub, "shared", NOW + 60, NOW), Admit::Replayed);
+        assert_eq!(again.admit(sub, "new", NOW + 60, NOW), Admit::Fresh);
+        assert_eq!(other.admit(sub, "new", NOW + 60, NOW), Admit::Replayed);
+        // An unreadable file is made anew.
+        drop((again, other));
+        std::fs::write(dir.path().join(FILE_NAME), b"garbage").unwrap();
+        let anew = FileLedger::open(dir.path(), 4096).unwrap();
+        assert_eq!(anew.admit(sub, "shared", NOW + 60, NOW), Admit::Fresh);
     }
 
     #[test]
