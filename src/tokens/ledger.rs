@@ -168,13 +168,65 @@ impl FileLedger {
         key
     }
 
-    fn bucket_ptr(&self, key: &[u8; 16]) -> *mut u8 {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&key[..8]);
-        let index = (u64::from_le_bytes(first) % self.buckets as u64) as usize;
+    /// The two buckets a key may live in (two choices: the emptier one takes it, so a bucket
+    /// overflows only when both are full, far less often than one alone).
+    fn buckets_of(&self, key: &[u8; 16]) -> (usize, usize) {
+        let (mut one, mut two) = ([0u8; 8], [0u8; 8]);
+        one.copy_from_slice(&key[..8]);
+        two.copy_from_slice(&key[8..]);
+        let n = self.buckets as u64;
+        (
+            (u64::from_le_bytes(one) % n) as usize,
+            (u64::from_le_bytes(two) % n) as usize,
+        )
+    }
+
+    fn bucket_at(&self, index: usize) -> *mut u8 {
+        debug_assert!(index < self.buckets);
         // SAFETY: index < buckets, and the map is HEADER + buckets * BUCKET_BYTES long.
         unsafe { self.base.add(HEADER + index * BUCKET_BYTES) }
     }
+
+    /// The lock word of bucket `index`.
+    fn lock_of(&self, index: usize) -> &AtomicU32 {
+        // SAFETY: the bucket starts 8-byte aligned (the map is page aligned, HEADER and
+        // BUCKET_BYTES are multiples of 8) with its lock word, shared only as an atomic.
+        unsafe { &*self.bucket_at(index).cast::<AtomicU32>() }
+    }
+}
+
+/// What one bucket holds for a key at `now`.
+struct Scan {
+    seen: bool,
+    free: Option<usize>,
+    free_count: usize,
+    /// When its soonest live slot frees (exp + skew).
+    soonest: i64,
+}
+
+/// # Safety
+/// `bucket` is a bucket of the map whose lock this process holds.
+unsafe fn scan(bucket: *mut u8, key: &[u8; 16], now: i64) -> Scan {
+    let mut out = Scan {
+        seen: false,
+        free: None,
+        free_count: 0,
+        soonest: i64::MAX,
+    };
+    // SAFETY: the slots follow the lock word inside the bucket (the caller's promise).
+    let slots = unsafe { bucket.add(8) };
+    for i in 0..SLOTS {
+        // SAFETY: slot i is inside the locked bucket.
+        let (k, e) = unsafe { read_slot(slots, i) };
+        if now <= e.saturating_add(SKEW) {
+            out.seen |= k == *key;
+            out.soonest = out.soonest.min(e.saturating_add(SKEW));
+        } else {
+            out.free_count += 1;
+            out.free.get_or_insert(i);
+        }
+    }
+    out
 }
 
 // SAFETY: `base` points into the map the ledger owns; every access through it goes through a
@@ -187,41 +239,50 @@ unsafe impl Sync for FileLedger {}
 impl Replay for FileLedger {
     fn admit(&self, sub: Uuid, jti: &str, exp: i64, now: i64) -> Admit {
         let key = self.key(sub, jti);
-        let bucket = self.bucket_ptr(&key);
-        // SAFETY: the bucket starts 8-byte aligned (the map is page aligned, HEADER and
-        // BUCKET_BYTES are multiples of 8) with its lock word, shared only as an atomic.
-        let lock = unsafe { &*bucket.cast::<AtomicU32>() };
-        let Some(_held) = BucketLock::take(lock, self.pid) else {
+        let (a, b) = self.buckets_of(&key);
+        // Both locks, always the lower index first: no two processes wait on each other.
+        let (low, high) = (a.min(b), a.max(b));
+        let Some(_low) = BucketLock::take(self.lock_of(low), self.pid) else {
             return Admit::Full { retry_after: 1 };
         };
-        // SAFETY: the slots lie inside the bucket; the lock above makes this process the only
-        // one reading or writing them until `_held` is dropped.
-        let slots = unsafe { bucket.add(8) };
-        let mut free = None;
-        let mut soonest = i64::MAX;
-        for i in 0..SLOTS {
-            // SAFETY: slot i is inside the bucket (see above).
-            let (k, e) = unsafe { read_slot(slots, i) };
-            let live = now <= e.saturating_add(SKEW);
-            if live {
-                if k == key {
-                    return Admit::Replayed;
-                }
-                soonest = soonest.min(e.saturating_add(SKEW));
-            } else if free.is_none() {
-                free = Some(i);
+        let _high = if high != low {
+            match BucketLock::take(self.lock_of(high), self.pid) {
+                Some(held) => Some(held),
+                None => return Admit::Full { retry_after: 1 },
             }
+        } else {
+            None
+        };
+        // SAFETY: both buckets are locked by this process until the guards drop.
+        let (in_a, in_b) = unsafe {
+            (
+                scan(self.bucket_at(a), &key, now),
+                scan(self.bucket_at(b), &key, now),
+            )
+        };
+        if in_a.seen || in_b.seen {
+            return Admit::Replayed;
         }
-        match free {
-            Some(i) => {
-                // SAFETY: as above.
-                unsafe { write_slot(slots, i, &key, exp) };
+        let target = if in_b.free_count > in_a.free_count {
+            (b, in_b.free)
+        } else {
+            (a, in_a.free)
+        };
+        match target {
+            (bucket, Some(slot)) => {
+                // SAFETY: the slot is inside a bucket this process holds locked.
+                unsafe { write_slot(self.bucket_at(bucket).add(8), slot, &key, exp) };
                 Admit::Fresh
             }
-            None => Admit::Full {
-                retry_after: u64::try_from(soonest.saturating_sub(now).saturating_add(1))
-                    .unwrap_or(1)
-                    .max(1),
+            (_, None) => Admit::Full {
+                retry_after: u64::try_from(
+                    in_a.soonest
+                        .min(in_b.soonest)
+                        .saturating_sub(now)
+                        .saturating_add(1),
+                )
+                .unwrap_or(1)
+                .max(1),
             },
         }
     }
@@ -442,9 +503,8 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        let bucket = l.bucket_ptr(&l.key(sub, "x"));
-        // SAFETY: as in `admit`.
-        let lock = unsafe { &*bucket.cast::<AtomicU32>() };
+        // One bucket: both choices are bucket 0.
+        let lock = l.lock_of(0);
         lock.store(dead, Ordering::Release);
         assert_eq!(l.admit(sub, "x", NOW + 60, NOW), Admit::Fresh);
         assert_eq!(lock.load(Ordering::Acquire), 0);
@@ -455,6 +515,23 @@ mod tests {
             Admit::Full { retry_after: 1 }
         );
         lock.store(0, Ordering::Release);
+    }
+
+    #[test]
+    fn two_choices_fill_most_of_the_ledger_without_refusing() {
+        // With one choice, 80% full already overflows many 16-slot buckets (a refusal each);
+        // with two, none of these does.
+        let (_d, l) = ledger(SLOTS * 1024);
+        let sub = Uuid::new_v4();
+        let wanted = l.capacity() * 8 / 10;
+        let refused = (0..wanted)
+            .filter(|i| l.admit(sub, &format!("t{i}"), NOW + 60, NOW) != Admit::Fresh)
+            .count();
+        assert_eq!(refused, 0);
+        // And every one of them is still remembered.
+        assert!(
+            (0..wanted).all(|i| l.admit(sub, &format!("t{i}"), NOW + 60, NOW) == Admit::Replayed)
+        );
     }
 
     #[test]
