@@ -397,7 +397,7 @@ def test_the_ledger_at_its_cap_answers_429_and_recovers(start_server, tmp_path):
             "ADMIN_ID": ADMIN,
             "DPMS_WORKERS": "2",
             "DPMS_REQUIRE_TOKENS": "True",
-            "DPMS_TOKEN_LEDGER": "16",
+            "DPMS_TOKEN_LEDGER": "15",  # one bucket
             "DPMS_DATA_DIR": str(data),
         },
         plugin_dirs=[plugins],
@@ -405,7 +405,7 @@ def test_the_ledger_at_its_cap_answers_429_and_recovers(start_server, tmp_path):
     s = Site(server, data, admin_key, {})
     first = mint(admin_key, ADMIN, ttl=1)
     served(s.call("/rest/services/cap/", first))
-    for _ in range(15):
+    for _ in range(14):
         served(s.call("/rest/services/cap/", mint(admin_key, ADMIN, ttl=1)))
     r = s.call("/rest/services/cap/", mint(admin_key, ADMIN, ttl=1))
     assert r.status_code == 429, describe(r)

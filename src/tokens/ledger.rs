@@ -7,7 +7,7 @@
 //! one database would implement [`Replay`] over that database; nothing else changes.
 //!
 //! The file: a 64-byte header (magic, version, bucket count, a random seed), then buckets of
-//! [`SLOTS`] slots. A token's key is SHA-256(seed ‖ sub ‖ jti) cut to 16 bytes (the seed keeps
+//! [`SLOTS`] slots. A token's key is 12 bytes of SHA-256(seed ‖ sub ‖ jti) (the seed keeps
 //! callers from choosing which bucket their ids fall in); its first 8 bytes pick the bucket.
 //! A bucket is guarded by a word holding the pid of the process inside it: a process killed
 //! inside (a worker `kill -9`ed) is detected and its lock taken over, so no crash wedges a
@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::jwt::SKEW;
 
 /// Slots per bucket.
-pub const SLOTS: usize = 16;
+pub const SLOTS: usize = 15;
 /// `DPMS_TOKEN_LEDGER`'s default: how many live tokens the ledger holds.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 /// The largest `DPMS_TOKEN_LEDGER` taken (a 6.4 GB file).
@@ -38,8 +38,17 @@ pub const FILE_NAME: &str = "ledger.bin";
 
 const MAGIC: &[u8; 8] = b"DPMSRPL1";
 const HEADER: usize = 64;
-const SLOT_BYTES: usize = 24; // key: 16, exp: 8
-const BUCKET_BYTES: usize = 8 + SLOTS * SLOT_BYTES; // lock word + pad, then the slots
+const SLOT_BYTES: usize = 16; // key: 12, exp: 4 (unix seconds, u32)
+/// The lock word and padding before a bucket's slots.
+const LOCKS: usize = 16;
+/// 256: four cache lines, aligned (the map is page aligned and HEADER is 64), so an admission
+/// touches eight lines at most.
+const BUCKET_BYTES: usize = LOCKS + SLOTS * SLOT_BYTES;
+const VERSION: u32 = 2;
+
+/// What a slot keeps of a token: 96 bits of its hash (a collision among a million live
+/// tokens: about 2^-57).
+type Key = [u8; 12];
 /// How long an admission waits for a bucket another live process holds.
 const LOCK_PATIENCE: Duration = Duration::from_millis(200);
 
@@ -129,7 +138,7 @@ impl FileLedger {
         if fresh {
             let mut seed = [0u8; 16];
             getrandom::fill(&mut seed).map_err(|e| LedgerError::Random(e.to_string()))?;
-            map[8..12].copy_from_slice(&1u32.to_le_bytes());
+            map[8..12].copy_from_slice(&VERSION.to_le_bytes());
             map[12..20].copy_from_slice(&(buckets as u64).to_le_bytes());
             map[20..36].copy_from_slice(&seed);
             // The magic last: a crash before this leaves a file that is made anew.
@@ -153,29 +162,26 @@ impl FileLedger {
         self.buckets * SLOTS
     }
 
-    fn key(&self, sub: Uuid, jti: &str) -> [u8; 16] {
+    /// A token's key and its two buckets (two choices: the emptier one takes it, so a bucket
+    /// overflows only when both are full, far less often than one alone).
+    fn hashed(&self, sub: Uuid, jti: &str) -> (Key, usize, usize) {
         let mut h = Sha256::new();
         h.update(self.seed);
         h.update(sub.as_bytes());
         h.update(jti.as_bytes());
         let digest = h.finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
+        let mut key: Key = [0; 12];
+        key.copy_from_slice(&digest[..12]);
         // All zeros marks a slot never used.
-        if key == [0; 16] {
+        if key == [0; 12] {
             key[0] = 1;
         }
-        key
-    }
-
-    /// The two buckets a key may live in (two choices: the emptier one takes it, so a bucket
-    /// overflows only when both are full, far less often than one alone).
-    fn buckets_of(&self, key: &[u8; 16]) -> (usize, usize) {
         let (mut one, mut two) = ([0u8; 8], [0u8; 8]);
-        one.copy_from_slice(&key[..8]);
-        two.copy_from_slice(&key[8..]);
+        one.copy_from_slice(&digest[12..20]);
+        two.copy_from_slice(&digest[20..28]);
         let n = self.buckets as u64;
         (
+            key,
             (u64::from_le_bytes(one) % n) as usize,
             (u64::from_le_bytes(two) % n) as usize,
         )
@@ -206,7 +212,7 @@ struct Scan {
 
 /// # Safety
 /// `bucket` is a bucket of the map whose lock this process holds.
-unsafe fn scan(bucket: *mut u8, key: &[u8; 16], now: i64) -> Scan {
+unsafe fn scan(bucket: *mut u8, key: &Key, now: i64) -> Scan {
     let mut out = Scan {
         seen: false,
         free: None,
@@ -214,7 +220,7 @@ unsafe fn scan(bucket: *mut u8, key: &[u8; 16], now: i64) -> Scan {
         soonest: i64::MAX,
     };
     // SAFETY: the slots follow the lock word inside the bucket (the caller's promise).
-    let slots = unsafe { bucket.add(8) };
+    let slots = unsafe { bucket.add(LOCKS) };
     for i in 0..SLOTS {
         // SAFETY: slot i is inside the locked bucket.
         let (k, e) = unsafe { read_slot(slots, i) };
@@ -238,8 +244,7 @@ unsafe impl Sync for FileLedger {}
 
 impl Replay for FileLedger {
     fn admit(&self, sub: Uuid, jti: &str, exp: i64, now: i64) -> Admit {
-        let key = self.key(sub, jti);
-        let (a, b) = self.buckets_of(&key);
+        let (key, a, b) = self.hashed(sub, jti);
         // Both locks, always the lower index first: no two processes wait on each other.
         let (low, high) = (a.min(b), a.max(b));
         let Some(_low) = BucketLock::take(self.lock_of(low), self.pid) else {
@@ -271,7 +276,7 @@ impl Replay for FileLedger {
         match target {
             (bucket, Some(slot)) => {
                 // SAFETY: the slot is inside a bucket this process holds locked.
-                unsafe { write_slot(self.bucket_at(bucket).add(8), slot, &key, exp) };
+                unsafe { write_slot(self.bucket_at(bucket).add(LOCKS), slot, &key, exp) };
                 Admit::Fresh
             }
             (_, None) => Admit::Full {
@@ -290,25 +295,27 @@ impl Replay for FileLedger {
 
 /// # Safety
 /// `slots` points at a bucket's slots, `i < SLOTS`, and the bucket's lock is held.
-unsafe fn read_slot(slots: *mut u8, i: usize) -> ([u8; 16], i64) {
-    // SAFETY: the caller's promise: the slot is inside the locked bucket, 8-byte aligned.
+unsafe fn read_slot(slots: *mut u8, i: usize) -> (Key, i64) {
+    // SAFETY: the caller's promise: the slot is inside the locked bucket, 4-byte aligned.
     unsafe {
         let at = slots.add(i * SLOT_BYTES);
-        let key = std::ptr::read_volatile(at.cast::<[u8; 16]>());
-        let exp = std::ptr::read_volatile(at.add(16).cast::<i64>());
-        (key, exp)
+        let key = std::ptr::read_volatile(at.cast::<Key>());
+        let exp = std::ptr::read_volatile(at.add(12).cast::<u32>());
+        (key, i64::from(exp))
     }
 }
 
 /// # Safety
 /// As [`read_slot`]. `exp` is written before the key: a writer killed between the two leaves
-/// an old key with a later expiry, never a new key with an old one.
-unsafe fn write_slot(slots: *mut u8, i: usize, key: &[u8; 16], exp: i64) {
+/// an old key with a later expiry, never a new key with an old one. An `exp` is kept as u32
+/// unix seconds (good until 2106), clamped.
+unsafe fn write_slot(slots: *mut u8, i: usize, key: &Key, exp: i64) {
+    let exp = u32::try_from(exp.max(0)).unwrap_or(u32::MAX);
     // SAFETY: as in `read_slot`.
     unsafe {
         let at = slots.add(i * SLOT_BYTES);
-        std::ptr::write_volatile(at.add(16).cast::<i64>(), exp);
-        std::ptr::write_volatile(at.cast::<[u8; 16]>(), *key);
+        std::ptr::write_volatile(at.add(12).cast::<u32>(), exp);
+        std::ptr::write_volatile(at.cast::<Key>(), *key);
     }
 }
 
@@ -378,7 +385,7 @@ fn existing_buckets(file: &File, size: u64) -> Option<usize> {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; 20];
     file.read_exact_at(&mut head, 0).ok()?;
-    if &head[..8] != MAGIC || head[8..12] != 1u32.to_le_bytes() {
+    if &head[..8] != MAGIC || head[8..12] != VERSION.to_le_bytes() {
         return None;
     }
     let mut count = [0u8; 8];
@@ -484,7 +491,7 @@ mod tests {
         // Another capacity asked: the ledger in use is kept as it is (never resized under
         // another server's workers), with what it remembers.
         let other = FileLedger::open(dir.path(), 8192).unwrap();
-        assert_eq!(other.capacity(), 4096);
+        assert_eq!(other.capacity(), 4096_usize.div_ceil(SLOTS) * SLOTS);
         assert_eq!(other.admit(sub, "shared", NOW + 60, NOW), Admit::Replayed);
         assert_eq!(again.admit(sub, "new", NOW + 60, NOW), Admit::Fresh);
         assert_eq!(other.admit(sub, "new", NOW + 60, NOW), Admit::Replayed);
