@@ -189,6 +189,11 @@ pub const SETTINGS: &[Setting] = &[
         doc: "How many live (unexpired) tokens the replay ledger (`DPMS_DATA_DIR/ledger.bin`) holds; when full, new tokens get 429 `too_many_tokens` until old ones expire.",
     },
     Setting {
+        name: "DPMS_CORS_ORIGINS",
+        default: "",
+        doc: "Origins (`https://app.example,http://127.0.0.1:3000`) or `*` whose pages may call dpms: CORS headers on their answers and preflights answered (before any token check). Empty: off.",
+    },
+    Setting {
         name: "DPMS_DATA_DIR",
         default: ".dpms",
         doc: "Folder of the tenant registry (`registry.sqlite3`), relative to the working folder unless absolute; created mode 0700.",
@@ -287,6 +292,8 @@ pub struct Config {
     pub key_grace_secs: u64,
     /// `DPMS_TOKEN_LEDGER`: live tokens the replay ledger holds.
     pub token_ledger: usize,
+    /// `DPMS_CORS_ORIGINS`: `None` is off.
+    pub cors: Option<crate::cors::Origins>,
     /// `DPMS_SANDBOX=relaxed`: tenant code runs even where the kernel lacks sandbox layers
     /// (each call logs which); `strict`, the default, refuses it (SPEC §11.9).
     pub sandbox_relaxed: bool,
@@ -728,6 +735,11 @@ impl Sources {
                 crate::tokens::ledger::DEFAULT_CAPACITY,
                 crate::tokens::ledger::SLOTS..=crate::tokens::ledger::MAX_CAPACITY,
             )?,
+            cors: match self.get("DPMS_CORS_ORIGINS") {
+                None => None,
+                Some(v) => crate::cors::Origins::parse(&v)
+                    .map_err(|why| invalid("DPMS_CORS_ORIGINS", &v, &why))?,
+            },
             sandbox_relaxed: self.sandbox_relaxed()?,
             extra_env,
         })

@@ -20,6 +20,7 @@
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
 //! - [`health`]: `/healthz` and `/readyz`: the readiness rules over facts the service gathers.
 //! - [`response`]: JSON responses and error bodies.
+//! - [`cors`]: `DPMS_CORS_ORIGINS`: CORS headers and preflight answers.
 //! - [`request_id`]: the `X-Request-Id` kept from the client or made.
 //! - [`error`]: the catalogue of client-visible errors.
 //! - [`plugins`]: plugin files and packages, ownership ([`plugins::owner`]), loading,
@@ -44,6 +45,7 @@
 
 pub mod child;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod exec;
 pub mod fork_guard;

@@ -14,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::config::{Config, ReloadMode};
+use crate::cors;
 use crate::error::ApiError;
 use crate::health;
 use crate::marshal::{self, RequestParts, Target};
@@ -129,7 +130,19 @@ pub async fn handle(
     // Error answers and OPTIONS may come before the body was read; hyper then cannot reuse
     // the connection and closes it: say so, so clients do not send the next request into it.
     let sent_body = !hyper::body::Body::is_end_stream(req.body());
-    let (mut resp, endpoint) = match route(&app, req, remote, &request_id).await {
+    let cors = app
+        .config
+        .cors
+        .as_ref()
+        .and_then(|o| o.allow(req.headers()));
+    let routed = match &cors {
+        // A preflight from an allowed origin: answered before routing and tokens.
+        Some(_) if cors::is_preflight(req.method(), req.headers()) => {
+            Ok((cors::preflight(req.headers()), None))
+        }
+        _ => route(&app, req, remote, &request_id).await,
+    };
+    let (mut resp, endpoint) = match routed {
         Ok(done) => done,
         Err((err, endpoint)) => {
             if let ApiError::Internal(detail) = &err {
@@ -138,6 +151,9 @@ pub async fn handle(
             (response::error(&err), endpoint)
         }
     };
+    if let Some(origin) = cors {
+        cors::decorate(&mut resp, origin);
+    }
     resp.headers_mut()
         .insert(X_REQUEST_ID, request_id.header().clone());
     resp.headers_mut().insert(X_DPMS_WORKER, app.worker.clone());
