@@ -259,6 +259,18 @@ fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8], takes: &str) -> Result<T, A
         .map_err(|e| ApiError::BadRequest(format!("The request body must be JSON {takes}: {e}.")))
 }
 
+/// [`json_body`], where no body at all asks for the defaults.
+fn json_body_or_default<'a, T: Deserialize<'a> + Default>(
+    body: &'a [u8],
+    takes: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json_body(body, takes)
+    }
+}
+
 impl Route {
     /// The op, with the body read where the route takes one (other routes ignore it).
     pub fn with_body(self, body: &[u8]) -> Result<AdminOp, ApiError> {
@@ -306,12 +318,8 @@ impl Route {
             Route::UnsetSecret(uuid, name) => AdminOp::UnsetSecret { uuid, name },
             Route::Keys(u) => AdminOp::RotateKey(u),
             Route::Tokens(uuid) => {
-                // No body at all asks for the defaults.
-                let b: NewToken = if body.iter().all(u8::is_ascii_whitespace) {
-                    NewToken::default()
-                } else {
-                    json_body(body, r#"{"ttl": int (1-60), "htm": str, "htu": str}"#)?
-                };
+                let b: NewToken =
+                    json_body_or_default(body, r#"{"ttl": int (1-60), "htm": str, "htu": str}"#)?;
                 if let Some(ttl) = b.ttl.filter(|t| !(1..=jwt::MAX_LIFETIME).contains(t)) {
                     return Err(ApiError::BadRequest(format!(
                         "`ttl` must be 1 to {} seconds (got {ttl}).",
@@ -328,11 +336,7 @@ impl Route {
                 }
             }
             Route::Sessions(uuid) => {
-                let b: NewSession = if body.iter().all(u8::is_ascii_whitespace) {
-                    NewSession::default()
-                } else {
-                    json_body(body, r#"{"ttl": int (1-86400)}"#)?
-                };
+                let b: NewSession = json_body_or_default(body, r#"{"ttl": int (1-86400)}"#)?;
                 if let Some(ttl) = b
                     .ttl
                     .filter(|t| !(1..=tokens::MAX_SESSION_SECS).contains(t))
@@ -459,14 +463,6 @@ pub async fn execute(admin: &Admin<'_>, op: AdminOp) -> Result<(StatusCode, Valu
 
 /// The registry call of `op` (blocking), its refusals turned into client errors.
 fn run(registry: &Registry, reserved: Uuid, op: AdminOp) -> Result<Done, ApiError> {
-    let no_tenant = |uuid: Uuid| {
-        move |e| match e {
-            StoreError::NotFound => ApiError::NoSuchTenant {
-                uuid: uuid.to_string(),
-            },
-            e => store_error(e),
-        }
-    };
     match op {
         AdminOp::CreateTenant { userid, uuid } => registry
             .add_tenant(&userid, uuid, Some(reserved))
@@ -505,30 +501,49 @@ fn run(registry: &Registry, reserved: Uuid, op: AdminOp) -> Result<Done, ApiErro
             .map(Done::Key)
             .map_err(no_tenant(u)),
         AdminOp::MintToken { uuid, ask } => {
-            let (kid, secret) = registry
-                .current_key(uuid, Some(reserved))
-                .map_err(no_tenant(uuid))?
-                .ok_or_else(|| ApiError::Conflict(MintError::NoKey(uuid).to_string()))?;
+            let (kid, secret) = signing_key(registry, uuid, reserved)?;
             let (token, exp) = tokens::mint_with(uuid, &kid, &secret, &ask, tokens::unix_now())
-                .map_err(|e| match e {
-                    MintError::BadTtl(_) => ApiError::BadRequest(e.to_string()),
-                    e => ApiError::Internal(e.to_string()),
-                })?;
+                .map_err(mint_error)?;
             Ok(Done::Token(token, exp))
         }
         AdminOp::MintSession { uuid, ttl } => {
-            let (kid, secret) = registry
-                .current_key(uuid, Some(reserved))
-                .map_err(no_tenant(uuid))?
-                .ok_or_else(|| ApiError::Conflict(MintError::NoKey(uuid).to_string()))?;
-            let session = tokens::mint_session(&kid, &secret, ttl, tokens::unix_now()).map_err(
-                |e| match e {
-                    MintError::BadSessionTtl(_) => ApiError::BadRequest(e.to_string()),
-                    e => ApiError::Internal(e.to_string()),
-                },
-            )?;
+            let (kid, secret) = signing_key(registry, uuid, reserved)?;
+            let session =
+                tokens::mint_session(&kid, &secret, ttl, tokens::unix_now()).map_err(mint_error)?;
             Ok(Done::Session(session))
         }
+    }
+}
+
+/// The current signing key of `uuid` (a tenant, or `reserved`: the admin); 404 for an unknown
+/// tenant, 409 for one without a key yet.
+fn signing_key(
+    registry: &Registry,
+    uuid: Uuid,
+    reserved: Uuid,
+) -> Result<(String, [u8; store::SECRET_BYTES]), ApiError> {
+    registry
+        .current_key(uuid, Some(reserved))
+        .map_err(no_tenant(uuid))?
+        .ok_or_else(|| ApiError::Conflict(MintError::NoKey(uuid).to_string()))
+}
+
+/// A minting failure as the client sees it: a bad lifetime is the caller's, the rest ours.
+fn mint_error(e: MintError) -> ApiError {
+    match e {
+        MintError::BadTtl(_) | MintError::BadSessionTtl(_) => ApiError::BadRequest(e.to_string()),
+        MintError::NoKey(_) => ApiError::Conflict(e.to_string()),
+        MintError::Random(_) => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// A store error of an op on tenant `uuid`: its `NotFound` names the tenant.
+fn no_tenant(uuid: Uuid) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::NoSuchTenant {
+            uuid: uuid.to_string(),
+        },
+        e => store_error(e),
     }
 }
 
