@@ -5,9 +5,7 @@ again: 401. `./run-tests.sh` installs Chromium when it is missing."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -15,12 +13,12 @@ import time
 import urllib.parse
 import uuid
 
-import jwt
 import pytest
 import requests
 import websocket
 
-from dpms_helpers import TIMEOUT, binary_path, clean_env, describe, write_atomic
+from dpms_helpers import TIMEOUT, describe, write_atomic
+from token_helpers import mint, run_dpms
 
 ADMIN = "7e3b9a1c-4d2f-4a6e-8c5b-0f9d1e2a3b4c"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -28,29 +26,12 @@ CLIENT = REPO / "clients" / "js" / "dpms-token.js"
 BROWSER_SECS = 60  # a bound on every wait for the browser
 
 
-def secret_of(key: dict) -> bytes:
-    s = key["secret"]
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-
-
 def admin_token(key: dict) -> str:
-    now = int(time.time())
-    jti = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
-    claims = {"sub": ADMIN, "iat": now, "exp": now + 60, "jti": jti}
-    return jwt.encode(claims, secret_of(key), algorithm="HS256", headers={"kid": key["kid"]})
+    return mint(key, ADMIN)
 
 
 def cli(data: pathlib.Path, *args) -> dict:
-    p = subprocess.run(
-        [str(binary_path()), *args],
-        cwd=data.parent,
-        env=clean_env({"ADMIN_ID": ADMIN, "DPMS_DATA_DIR": str(data)}),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert p.returncode == 0, (args, p.stdout, p.stderr)
-    return json.loads(p.stdout)
+    return json.loads(run_dpms(data, ADMIN, *args))
 
 
 PAGE = """<!doctype html>
@@ -244,11 +225,7 @@ def test_sessions_refusals_and_their_end(start_server, tmp_path):
     assert 3595 <= s["exp"] - time.time() <= 3605, s
 
     def token(sub):
-        now = int(time.time())
-        jti = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
-        key = base64.urlsafe_b64decode(s["key"] + "=" * (-len(s["key"]) % 4))
-        return jwt.encode({"sub": sub, "iat": now, "exp": now + 30, "jti": jti}, key, algorithm="HS256",
-                          headers={"kid": s["kid"]})
+        return mint({"kid": s["kid"], "secret": s["key"]}, sub, ttl=30)
 
     path = f"/rest/services/{tenant}/s-private/"
     assert server.get(path, headers={"Authorization": "Bearer " + token(tenant)}).status_code == 200
@@ -257,10 +234,7 @@ def test_sessions_refusals_and_their_end(start_server, tmp_path):
     assert r.status_code == 401, describe(r)
     # A forged expiry in the kid derives another key: refused.
     forged = dict(s, kid=s["kid"].rsplit(".", 1)[0] + "." + str(s["exp"] + 100))
-    now = int(time.time())
-    bad = jwt.encode({"sub": tenant, "iat": now, "exp": now + 30, "jti": "A" * 22},
-                     base64.urlsafe_b64decode(s["key"] + "=" * (-len(s["key"]) % 4)), algorithm="HS256",
-                     headers={"kid": forged["kid"]})
+    bad = mint({"kid": forged["kid"], "secret": s["key"]}, tenant, ttl=30)
     assert server.get(path, headers={"Authorization": "Bearer " + bad}).status_code == 401
     # Rotating the tenant's key ends its sessions at once (the old key keeps its grace for
     # plain tokens only).

@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +20,8 @@ import uuid
 import jwt
 import pytest
 
-from dpms_helpers import TIMEOUT, binary_path, body_json, clean_env, describe, wait_for, write_atomic
+from dpms_helpers import TIMEOUT, binary_path, body_json, clean_env, describe, write_atomic
+from token_helpers import b64, mint, run_dpms, secret_of
 
 ADMIN = "0c6e1f3a-9b2d-4c7e-8a5f-3d1b7e9c2a64"
 CHALLENGE = 'Bearer realm="dpms", error="invalid_token"'
@@ -29,32 +29,8 @@ GRACE = 4  # DPMS_KEY_GRACE_SECS of the shared server
 BOTH_WORKERS_ROUNDS = 10
 
 
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def secret_of(key: dict) -> bytes:
-    s = key["secret"]
-    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-
-
-def mint(key: dict, sub: str, ttl: int = 60, iat: int | None = None, **claims) -> str:
-    now = int(time.time()) if iat is None else iat
-    body = {"sub": sub, "iat": now, "exp": now + ttl, "jti": b64(os.urandom(16)), **claims}
-    return jwt.encode(body, secret_of(key), algorithm="HS256", headers={"kid": key["kid"]})
-
-
 def run_cli(data: pathlib.Path, *args) -> str:
-    p = subprocess.run(
-        [str(binary_path()), *args],
-        cwd=data.parent,
-        env=clean_env({"ADMIN_ID": ADMIN, "DPMS_DATA_DIR": str(data)}),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert p.returncode == 0, (args, p.stdout, p.stderr)
-    return p.stdout
+    return run_dpms(data, ADMIN, *args)
 
 
 class Site:
