@@ -18,9 +18,10 @@ import time
 import uuid
 
 import jwt
+import requests
 import pytest
 
-from dpms_helpers import TIMEOUT, binary_path, body_json, clean_env, describe, write_atomic
+from dpms_helpers import TIMEOUT, binary_path, body_json, clean_env, describe, wait_for, write_atomic
 from token_helpers import b64, mint, run_dpms, secret_of
 
 ADMIN = "0c6e1f3a-9b2d-4c7e-8a5f-3d1b7e9c2a64"
@@ -468,6 +469,26 @@ def test_public_endpoints_need_no_token(site):
     assert dir_auth(body, "gate-a-open") == "public"
     assert dir_auth(body, "gate-mine") == "default"
     assert dir_auth(body, "gate-open") == "public"
+
+
+def test_tokenless_public_calls_log_no_refusal(site):
+    """A public endpoint's callers send no token: that is not worth a log line each (it was an
+    info line `token refused` per call). One connection, so one worker and one ordered log:
+    once the refusal of a junk token sent after them is logged, theirs would be too."""
+    a = next(iter(site.tenants))
+    tag = uuid.uuid4().hex[:12]
+    with requests.Session() as http:
+        for i in range(5):
+            r = http.get(site.server.url + f"/rest/services/{a}/gate-a-open/", headers={"X-Request-Id": f"pub-{tag}-{i}"},
+                         timeout=TIMEOUT)
+            served(r)
+        r = http.get(site.server.url + f"/rest/services/{a}/gate-mine/",
+                     headers={"X-Request-Id": f"junk-{tag}", "Authorization": "Bearer x.y.z"}, timeout=TIMEOUT)
+        refused(r)
+    wait_for(lambda: f"junk-{tag}" in site.server.full_log(), what="the junk token's refusal in the log")
+    refusals = [line for line in site.server.full_log().splitlines() if "token refused" in line]
+    assert any(f"junk-{tag}" in line for line in refusals)
+    assert not [line for line in refusals if f"pub-{tag}" in line], refusals
 
 
 def test_auth_token_and_public_without_require_tokens(start_server, tmp_path):
