@@ -7,6 +7,18 @@ use serde_json::{json, Map, Value};
 
 use crate::router::MethodSet;
 
+/// A value that does not convert to its parameter's annotation.
+#[derive(Debug)]
+pub struct TypeMismatch {
+    pub parameter: String,
+    /// The annotation as Python spells it.
+    pub expected: String,
+    /// What a caller may send, in words.
+    pub hint: String,
+    /// The value as sent.
+    pub got: Value,
+}
+
 /// Everything that ends a request with an error status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -16,6 +28,9 @@ pub enum ApiError {
     /// The call does not fit the function's signature.
     #[error("{0}")]
     BadArguments(String),
+    /// A value that does not convert to its parameter's annotation (SPEC §13).
+    #[error("`{}` must be {} ({}); got {}.", .0.parameter, .0.hint, .0.expected, .0.got)]
+    BadArgumentType(Box<TypeMismatch>),
     /// A required parameter received no value.
     #[error("{0}")]
     MissingArgument(String),
@@ -118,9 +133,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::BadArguments(_) | ApiError::MissingArgument(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadRequest(_)
+            | ApiError::BadArguments(_)
+            | ApiError::MissingArgument(_)
+            | ApiError::BadArgumentType(_) => StatusCode::BAD_REQUEST,
             ApiError::ApiUndefined { .. }
             | ApiError::ApiUndefinedBroken { .. }
             | ApiError::ApiUndefinedInModule { .. }
@@ -157,6 +173,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::BadArguments(_) => "bad_arguments",
             ApiError::MissingArgument(_) => "missing_argument",
+            ApiError::BadArgumentType(_) => "bad_argument_type",
             ApiError::ApiUndefined { .. }
             | ApiError::ApiUndefinedBroken { .. }
             | ApiError::ApiUndefinedInModule { .. } => "api_undefined",
@@ -209,6 +226,11 @@ impl ApiError {
                 if let Some(tb) = traceback {
                     body.insert("traceback".into(), Value::String(tb.clone()));
                 }
+            }
+            ApiError::BadArgumentType(m) => {
+                body.insert("parameter".into(), Value::String(m.parameter.clone()));
+                body.insert("expected".into(), Value::String(m.expected.clone()));
+                body.insert("got".into(), m.got.clone());
             }
             ApiError::PluginImport { exception, .. } => {
                 body.insert("exception".into(), Value::String(exception.clone()));

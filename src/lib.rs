@@ -18,6 +18,8 @@
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
+//! - [`typed`]: typed parameters: annotations as plain data and the conversion of strings to
+//!   what they ask for (400 `bad_argument_type`).
 //! - [`health`]: `/healthz` and `/readyz`: the readiness rules over facts the service gathers.
 //! - [`response`]: JSON responses and error bodies.
 //! - [`cors`]: `DPMS_CORS_ORIGINS`: CORS headers and preflight answers.
@@ -69,6 +71,7 @@ pub mod tenancy;
 pub mod tenant_proc;
 pub mod tenants;
 pub mod tokens;
+pub mod typed;
 pub mod zygote;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+pub use crate::typed::{ParamType, Typed};
 
 /// CPython's default limit on digits in an int parsed from text (`sys.int_info.default_max_str_digits`).
 pub const MAX_INT_DIGITS: usize = 4300;
@@ -93,6 +94,8 @@ pub enum Arg {
     Upload(Arc<Upload>),
     /// `__body__` of a multipart body: its fields in order, a repeated name once (last value).
     Fields(Vec<(String, Field)>),
+    /// A value converted for its parameter's annotation that Python finishes (SPEC §13).
+    Typed(Typed),
 }
 
 impl Arg {
@@ -117,6 +120,7 @@ impl std::fmt::Display for Arg {
             Arg::Json(v) => write!(f, "{v}"),
             Arg::Upload(u) => write!(f, "<upload {:?}, {} bytes>", u.filename, u.data.len()),
             Arg::Fields(fields) => write!(f, "<multipart body, {} fields>", fields.len()),
+            Arg::Typed(t) => write!(f, "{t:?}"),
         }
     }
 }
@@ -458,6 +462,12 @@ pub struct Param {
     pub name: String,
     pub kind: ParamKind,
     pub has_default: bool,
+    /// The annotation, when it is one the server converts by (SPEC §13).
+    #[serde(rename = "type", default)]
+    pub ty: Option<ParamType>,
+    /// The default value, when it is plain JSON (for the API description).
+    #[serde(default)]
+    pub default: Option<Value>,
 }
 
 /// A function's signature in plain data, introspected once per load.
@@ -466,17 +476,32 @@ pub struct Signature {
     pub params: Vec<Param>,
     pub var_positional: bool,
     pub var_keyword: bool,
+    /// Whether any parameter a keyword can reach has a converted annotation.
+    pub typed: bool,
 }
 
 impl Signature {
     pub fn new(params: Vec<Param>) -> Signature {
         let var_positional = params.iter().any(|p| p.kind == ParamKind::VarPositional);
         let var_keyword = params.iter().any(|p| p.kind == ParamKind::VarKeyword);
+        let typed = params.iter().any(|p| p.ty.is_some() && by_keyword(p));
         Signature {
             params,
             var_positional,
             var_keyword,
+            typed,
         }
+    }
+
+    /// The converted annotation of the parameter keyword `name` reaches.
+    pub fn type_of(&self, name: &str) -> Option<&ParamType> {
+        if !self.typed {
+            return None;
+        }
+        self.params
+            .iter()
+            .find(|p| p.name == name && by_keyword(p))
+            .and_then(|p| p.ty.as_ref())
     }
 
     fn positional(&self) -> impl Iterator<Item = &Param> {
@@ -499,6 +524,13 @@ impl Signature {
                     )
             })
     }
+}
+
+fn by_keyword(p: &Param) -> bool {
+    matches!(
+        p.kind,
+        ParamKind::PositionalOrKeyword | ParamKind::KeywordOnly
+    )
 }
 
 /// A kwargs name: the server's own names (reserved keys, `URL_PARMn`) are borrowed for every
@@ -538,6 +570,17 @@ pub fn bind(
             .into_iter()
             .filter(|(k, _)| sig.accepts_keyword(k))
             .collect()
+    };
+    let kwargs = if sig.typed {
+        kwargs
+            .into_iter()
+            .map(|(k, v)| match sig.type_of(&k) {
+                Some(ty) => ty.convert(&k, v).map(|v| (k, v)),
+                None => Ok((k, v)),
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?
+    } else {
+        kwargs
     };
     for p in positional.iter().take(args.len()) {
         // `__request__` is always passed by keyword when the function names it.
@@ -648,7 +691,23 @@ pub fn assemble(req: &RequestParts<'_>, target: &Target<'_>) -> Result<Marshalle
     for (k, v) in body.kwargs.into_iter().filter(|(k, _)| not_reserved(k)) {
         kwargs.insert(Cow::Owned(k), v);
     }
+    // A repeated key is its last value, except for a `list[X]` parameter, which takes them all.
+    let mut listed: Vec<String> = Vec::new();
     for (k, v) in query.into_iter().filter(|(k, _)| not_reserved(k)) {
+        if target.sig.type_of(&k).is_some_and(ParamType::is_list) {
+            if listed.contains(&k) {
+                if let Some(Arg::Json(Value::Array(items))) = kwargs.get_mut(k.as_str()) {
+                    items.push(Value::String(v));
+                }
+                continue;
+            }
+            listed.push(k.clone());
+            kwargs.insert(
+                Cow::Owned(k),
+                Arg::Json(Value::Array(vec![Value::String(v)])),
+            );
+            continue;
+        }
         kwargs.insert(Cow::Owned(k), Arg::Json(Value::String(v)));
     }
     for (&name, value) in target.url_parm_names.iter().zip(req.params) {

@@ -8,7 +8,9 @@ routing, arguments, JSON) is Rust.
 """
 
 import asyncio
+import datetime
 import difflib
+import enum
 import gc
 import importlib.abc
 import importlib.machinery
@@ -19,6 +21,8 @@ import sys
 import threading
 import traceback
 import types
+import typing
+import uuid
 
 # Plugins run in this interpreter and may replace anything they can reach (``json.dumps``,
 # ``builtins.compile``, ``open``, ``inspect.signature``…); a patch must not break reloading
@@ -37,6 +41,7 @@ from builtins import (  # noqa: E402,F401 - rebinding the builtins is the point
     callable,
     compile,
     dict,
+    eval,
     exec,
     getattr,
     globals,
@@ -64,6 +69,9 @@ def _frozen(module):
 
 
 difflib, inspect, json, traceback, types = map(_frozen, (difflib, inspect, json, traceback, types))
+_get_origin, _get_args, _Literal, _Union = typing.get_origin, typing.get_args, typing.Literal, typing.Union
+_UnionType = types.UnionType
+_UUID, _Date, _DateTime, _Enum = uuid.UUID, datetime.date, datetime.datetime, enum.Enum
 _machinery = _frozen(importlib.machinery)
 _getframe = sys._getframe
 _stdlib_module_names = sys.stdlib_module_names
@@ -425,7 +433,7 @@ def load_batch(requests):
     Every module of the batch is taken out of ``sys.modules`` first, so a module imported by
     another one of the batch is loaded once, from its new source, and both see the same object.
     A module that fails keeps its previous version in ``sys.modules``.
-    Returns a list of ``(description_json, functions, module_or_None)``.
+    Returns a list of ``(description_json, functions, module_or_None, converters)``.
     """
     global _batch
     previous = {}
@@ -476,7 +484,7 @@ def _refusal(name):
 def _load_one(name, path, source, previous):
     refusal = _refusal(name)
     if refusal is not None:
-        return _to_json({"kind": "refused", "error": refusal}), [], None
+        return _to_json({"kind": "refused", "error": refusal}), [], None, []
     module = _batch.get(name)
     if module is not None and module.__dpms_source__ == source:
         return _describe(module)
@@ -492,7 +500,7 @@ def _load_one(name, path, source, previous):
         else:
             sys.modules.pop(name, None)
         error = {"kind": "import_error", "error": exception_line(exc), "traceback": exception_text(exc)}
-        return _to_json(error), [], None
+        return _to_json(error), [], None, []
     _batch[name] = module
     return _describe(module)
 
@@ -557,6 +565,9 @@ def _describe(module):
     """Everything the server needs from a module, as JSON plus the endpoint functions."""
     name = module.__name__
     public, endpoints, functions, errors = [], [], [], []
+    #: Python callables that turn a string the server checked into an annotation's object
+    #: (``uuid.UUID``, an Enum member…); a parameter's type names one by index.
+    converters = []
     deps = set(_imported.get(name, ()))
     decorated = _decorated_here(module)
     wanted = {id(f) for f in decorated}
@@ -619,7 +630,7 @@ def _describe(module):
         if not isinstance(marker, dict):
             continue
         seen.add(id(obj))
-        described = _describe_endpoint(obj, func, func_name, marker)
+        described = _describe_endpoint(obj, func, func_name, marker, converters)
         if "error" in described:
             errors.append(f"{func_name}: {described['error']}")
             continue
@@ -643,7 +654,7 @@ def _describe(module):
         "errors": errors,
         "deps": sorted(deps),
     }
-    return _to_json(description), functions, module
+    return _to_json(description), functions, module, converters
 
 
 #: Keywords the decorator names itself; a near miss of one is an author's typo (SPEC §1).
@@ -666,7 +677,7 @@ def _misspelt_keyword(key):
     return None
 
 
-def _describe_endpoint(target, func, func_name, marker):
+def _describe_endpoint(target, func, func_name, marker, converters):
     """``target`` is what the server calls (the module attribute, perhaps a wrapper); ``func``
     is the function the decorator saw (its name and docstring are the endpoint's)."""
     meta = marker.get("meta") or {}
@@ -694,19 +705,102 @@ def _describe_endpoint(target, func, func_name, marker):
         signature = inspect.signature(target)
     except (TypeError, ValueError) as exc:
         return {"error": f"its signature cannot be read: {exc}"}
-    params = [
-        {"name": p.name, "kind": _KINDS[p.kind], "has_default": p.default is not inspect.Parameter.empty}
-        for p in signature.parameters.values()
-    ]
+    params = []
+    for p in signature.parameters.values():
+        param = {"name": p.name, "kind": _KINDS[p.kind], "has_default": p.default is not inspect.Parameter.empty}
+        ty = _param_type(_evaluated(p.annotation, target), converters)
+        if ty is not None:
+            param["type"] = ty
+        if param["has_default"] and _plain(p.default):
+            param["default"] = p.default
+        params.append(param)
+    doc = inspect.getdoc(func) or ""
     return {
         "func": func_name,
         "api": api,
         "methods": methods,
         "doc": _first_doc_line(func),
+        "description": doc.strip() if isinstance(doc, str) else "",
         "signature": str(signature),
         "params": params,
         "meta": meta,
     }
+
+
+def _evaluated(annotation, target):
+    """``from __future__ import annotations`` leaves strings: what one names in the function's
+    module is the type; one that does not evaluate is left alone (no conversion)."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        scope = getattr(inspect.unwrap(target), "__globals__", None)
+        return eval(annotation, dict(scope) if isinstance(scope, dict) else {})
+    except Exception:  # noqa: BLE001 - a name the module does not define, or worse
+        return inspect.Parameter.empty
+
+
+def _plain(value, depth=0):
+    """Whether ``value`` is JSON as it stands (a default the API description can show)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _converter(converters, func):
+    converters.append(func)
+    return len(converters) - 1
+
+
+def _member(cls):
+    return lambda name: cls[name]
+
+
+def _param_type(ann, converters, depth=0):
+    """An annotation as plain data the server converts query and URL strings by (SPEC §13), or
+    ``None`` for one it leaves alone (no annotation, or a type it does not convert)."""
+    if ann is inspect.Parameter.empty or depth > 3:
+        return None
+    if ann is bool:
+        return {"type": "bool"}
+    if ann is int:
+        return {"type": "int"}
+    if ann is float:
+        return {"type": "float"}
+    if ann is str:
+        return {"type": "str"}
+    if ann is _UUID:
+        return {"type": "uuid", "conv": _converter(converters, _UUID)}
+    if ann is _DateTime:
+        return {"type": "datetime", "conv": _converter(converters, _DateTime.fromisoformat)}
+    if ann is _Date:
+        return {"type": "date", "conv": _converter(converters, _Date.fromisoformat)}
+    if isinstance(ann, type) and issubclass(ann, _Enum):
+        members = list(ann.__members__.items())
+        return {
+            "type": "enum",
+            "name": ann.__name__,
+            "names": [name for name, _ in members],
+            "values": [m.value if _plain(m.value) and not isinstance(m.value, (list, tuple)) else str(m.value) for _, m in members],
+            "conv": _converter(converters, _member(ann)),
+        }
+    origin, args = _get_origin(ann), _get_args(ann)
+    if origin is _Literal:
+        values = [v for v in args if v is None or isinstance(v, (bool, int, str))]
+        return {"type": "literal", "values": values} if values and len(values) == len(args) else None
+    if origin in (_Union, _UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            inner = _param_type(rest[0], converters, depth + 1)
+            return {"type": "optional", "item": inner} if inner is not None else None
+        return None
+    if origin is list and len(args) == 1:
+        inner = _param_type(args[0], converters, depth + 1)
+        return {"type": "list", "item": inner} if inner is not None else None
+    return None
 
 
 async def _run(awaitable, done):

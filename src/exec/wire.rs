@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{CallFailure, CallResult, FinderEntry, LoadRequest, Outcome};
-use crate::marshal::{Arg, CallArgs, Field, Upload};
+use crate::marshal::{Arg, CallArgs, Field, Typed, Upload};
 
 /// Bytes as one base64 string inside the JSON frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -148,6 +148,7 @@ pub enum WireArg {
     Json(Value),
     Upload(WireUpload),
     Fields(Vec<(String, WireField)>),
+    Typed(Typed),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -226,6 +227,7 @@ impl WireArgs {
     pub fn from_call(args: &CallArgs) -> WireArgs {
         let arg = |a: &Arg| match a {
             Arg::Json(v) => WireArg::Json(v.clone()),
+            Arg::Typed(t) => WireArg::Typed(t.clone()),
             Arg::Upload(u) => WireArg::Upload(upload_to_wire(u)),
             Arg::Fields(fields) => WireArg::Fields(
                 fields
@@ -254,6 +256,7 @@ impl WireArgs {
     pub fn into_call(self) -> CallArgs {
         let arg = |a: WireArg| match a {
             WireArg::Json(v) => Arg::Json(v),
+            WireArg::Typed(t) => Arg::Typed(t),
             WireArg::Upload(u) => Arg::Upload(upload_from_wire(u)),
             WireArg::Fields(fields) => Arg::Fields(
                 fields

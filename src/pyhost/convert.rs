@@ -13,7 +13,7 @@ use pyo3::types::{
 use pyo3::{intern, IntoPyObjectExt};
 use serde_json::Value;
 
-use crate::marshal::{Arg, Field, Upload};
+use crate::marshal::{Arg, Field, Typed, Upload};
 
 /// Deepest nesting a result may have (SPEC §6).
 pub const MAX_DEPTH: usize = 256;
@@ -34,10 +34,16 @@ pub fn to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>>
 }
 
 /// Converts a keyword argument: JSON as [`to_py`], a multipart file as a `dpms.Upload`, a
-/// multipart `__body__` as a dict of its fields (SPEC §5).
-pub fn arg_to_py<'py>(py: Python<'py>, arg: &Arg) -> PyResult<Bound<'py, PyAny>> {
+/// multipart `__body__` as a dict of its fields (SPEC §5), a typed value through the module's
+/// `converters` (SPEC §13).
+pub fn arg_to_py<'py>(
+    py: Python<'py>,
+    arg: &Arg,
+    converters: &[Py<PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
     match arg {
         Arg::Json(v) => to_py(py, v),
+        Arg::Typed(t) => typed(py, t, converters),
         Arg::Upload(u) => upload(py, u),
         Arg::Fields(fields) => {
             let d = PyDict::new(py);
@@ -48,6 +54,25 @@ pub fn arg_to_py<'py>(py: Python<'py>, arg: &Arg) -> PyResult<Bound<'py, PyAny>>
                 }
             }
             Ok(d.into_any())
+        }
+    }
+}
+
+fn typed<'py>(py: Python<'py>, t: &Typed, converters: &[Py<PyAny>]) -> PyResult<Bound<'py, PyAny>> {
+    match t {
+        Typed::Json(v) => to_py(py, v),
+        Typed::Object { conv, text } => {
+            let func = converters.get(*conv as usize).ok_or_else(|| {
+                pyo3::exceptions::PyLookupError::new_err(format!("no converter {conv}"))
+            })?;
+            func.bind(py).call1((text,))
+        }
+        Typed::List(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(typed(py, item, converters)?)?;
+            }
+            Ok(list.into_any())
         }
     }
 }

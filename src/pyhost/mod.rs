@@ -95,6 +95,8 @@ pub struct ModuleHandle {
     #[allow(dead_code)] // kept alive so the module's globals live as long as its routes
     module: Py<PyAny>,
     funcs: Vec<Py<PyAny>>,
+    /// What typed parameters are finished by (`uuid.UUID`, an Enum's lookup…), by index.
+    converters: Vec<Py<PyAny>>,
 }
 
 pub use crate::exec::{CallFailure, CallResult, Outcome};

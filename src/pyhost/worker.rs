@@ -212,8 +212,8 @@ pub fn invoke(
         .as_ref()
         .and_then(|code| code.get::<ModuleHandle>())
         .zip(spec)
-        .and_then(|(handle, e)| handle.funcs.get(e.index));
-    let (Some(func), Some(spec)) = (func, spec) else {
+        .and_then(|(handle, e)| handle.funcs.get(e.index).map(|f| (f, &handle.converters)));
+    let (Some((func, converters)), Some(spec)) = (func, spec) else {
         let _ = reply.send(Err(CallFailure::Internal(format!(
             "module `{}` has no loaded code for endpoint {endpoint}",
             module.name
@@ -222,7 +222,8 @@ pub fn invoke(
     };
     let prefix = spec.envelope_prefix.clone();
     CURRENT_MODULE.with(|m| *m.borrow_mut() = Some((Arc::clone(module), request.id.clone())));
-    let called = build_args(py, args, request).and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
+    let called = build_args(py, args, request, converters)
+        .and_then(|(a, kw)| func.bind(py).call(a, Some(&kw)));
     match called {
         Ok(value) if needs_await(py, &value) => {
             if call.submitting() {
@@ -253,6 +254,7 @@ fn build_args<'py>(
     py: Python<'py>,
     args: &CallArgs,
     request: Arc<RequestInfo>,
+    converters: &[Py<PyAny>],
 ) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
     let positional = args
         .args
@@ -263,7 +265,7 @@ fn build_args<'py>(
     let kwargs = PyDict::new(py);
     let mut keys = Keys::lock();
     for (k, v) in &args.kwargs {
-        kwargs.set_item(keys.get(py, k), arg_to_py(py, v)?)?;
+        kwargs.set_item(keys.get(py, k), arg_to_py(py, v, converters)?)?;
     }
     drop(keys);
     if args.pass_request {
@@ -460,6 +462,10 @@ impl Completion {
     }
 }
 
+/// What `_host.load_batch` returns per module: its description, endpoint functions, module
+/// object and typed-parameter converters.
+type Described = (String, Vec<Py<PyAny>>, Py<PyAny>, Vec<Py<PyAny>>);
+
 /// Rust functions the helper calls back.
 #[pyclass(frozen)]
 pub struct Native {
@@ -574,7 +580,7 @@ fn run_load(
         let item = imported.next().ok_or_else(|| {
             pyo3::exceptions::PyValueError::new_err(format!("no load result for `{name}`"))
         })??;
-        let (json, funcs, module): (String, Vec<Py<PyAny>>, Py<PyAny>) = item.extract()?;
+        let (json, funcs, module, converters): Described = item.extract()?;
         let report: Report = serde_json::from_str(&json).map_err(|e| {
             pyo3::exceptions::PyValueError::new_err(format!("bad description of `{name}`: {e}"))
         })?;
@@ -582,7 +588,11 @@ fn run_load(
             Report::Ok(description) => Loaded::Ok {
                 description,
                 json,
-                code: crate::exec::CodeRef::new(ModuleHandle { module, funcs }),
+                code: crate::exec::CodeRef::new(ModuleHandle {
+                    module,
+                    funcs,
+                    converters,
+                }),
             },
             Report::ImportError { error, traceback } => Loaded::ImportError { error, traceback },
             Report::Refused { error } => Loaded::Refused { error },
