@@ -99,3 +99,10 @@ def plugin_folder(tmp_path):
     folder = tmp_path / "plugins"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture
+def chromium():
+    found = shutil.which("chromium")
+    assert found, "Chromium is missing: ./run-tests.sh installs Debian's `chromium` package"
+    return found

@@ -7,23 +7,18 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
-import subprocess
 import time
 import urllib.parse
 import uuid
 
-import pytest
-import requests
-import websocket
 
-from dpms_helpers import TIMEOUT, describe, write_atomic
+from browser_helpers import BROWSER_SECS, Browser
+from dpms_helpers import describe, write_atomic
 from token_helpers import mint, run_dpms
 
 ADMIN = "7e3b9a1c-4d2f-4a6e-8c5b-0f9d1e2a3b4c"
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLIENT = REPO / "clients" / "js" / "dpms-token.js"
-BROWSER_SECS = 60  # a bound on every wait for the browser
 
 
 def admin_token(key: dict) -> str:
@@ -58,68 +53,6 @@ window.dpmsResult = (async () => {
 window.dpmsResult.then((r) => { document.getElementById("out").textContent = r; });
 </script></body></html>
 """
-
-
-@pytest.fixture
-def chromium():
-    found = shutil.which("chromium")
-    assert found, "Chromium is missing: ./run-tests.sh installs Debian's `chromium` package"
-    return found
-
-
-class Browser:
-    """Headless Chromium on a DevTools port of its choosing (loopback), one page."""
-
-    def __init__(self, binary, profile: pathlib.Path):
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",  # the tests run as root
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                f"--user-data-dir={profile}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        active = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + BROWSER_SECS
-        while not (active.exists() and len(active.read_text().split()) >= 2):
-            assert self.proc.poll() is None, "chromium exited"
-            assert time.monotonic() < deadline, "chromium opened no DevTools port"
-            time.sleep(0.1)
-        port = int(active.read_text().split()[0])
-        pages = []
-        while not pages:
-            pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=TIMEOUT).json()
-                     if t.get("type") == "page"]
-            assert time.monotonic() < deadline, "chromium has no page"
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=BROWSER_SECS,
-                                              suppress_origin=True)
-        self.next_id = 0
-
-    def send(self, method, **params):
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        for _ in range(10_000):  # events come in between; bounded
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next_id:
-                assert "error" not in msg, msg
-                return msg["result"]
-        raise AssertionError(f"no answer to {method}")
-
-    def close(self):
-        try:
-            self.ws.close()
-        finally:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
 
 
 def test_a_page_mints_a_token_and_it_is_served_once(start_server, tmp_path, chromium):

@@ -17,6 +17,8 @@
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
+//! - [`openapi`]: the OpenAPI 3.1 document of a route table (`/rest/openapi.json`; the
+//!   service's `docs` front door serves it and the embedded Swagger UI at `/docs`).
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
 //! - [`typed`]: typed parameters: annotations as plain data and the conversion of strings to
 //!   what they ask for (400 `bad_argument_type`).
@@ -54,6 +56,7 @@ pub mod fork_guard;
 pub mod health;
 pub mod ipc;
 pub mod marshal;
+pub mod openapi;
 pub mod plugins;
 pub mod pyhost;
 pub mod request_id;

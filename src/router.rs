@@ -174,6 +174,8 @@ pub struct Endpoint {
     pub methods: MethodSet,
     /// First line of the docstring.
     pub doc: String,
+    /// The whole docstring, cleaned (`inspect.getdoc`).
+    pub description: String,
     /// `str(inspect.signature(func))`.
     pub signature: String,
     pub params: Signature,
@@ -238,6 +240,15 @@ pub enum Located {
         module_segment: Option<String>,
         params_at: usize,
     },
+}
+
+/// One (method, API) a caller can call.
+pub struct Operation<'a> {
+    pub module: &'a Module,
+    pub endpoint: &'a Endpoint,
+    pub method: Method,
+    /// Another module has the API for this method too: it is called as `<module>/<api>`.
+    pub qualified: bool,
 }
 
 /// The chosen endpoint.
@@ -495,6 +506,37 @@ impl RouteTable {
     }
 
     /// Whether a call to `api` can reach endpoint `endpoint` of module `module`.
+    /// Every (method, API) this table routes, module by module: what `__dir__` lists and the
+    /// API description describes.
+    pub fn operations(&self) -> impl Iterator<Item = Operation<'_>> + '_ {
+        (0..self.modules.len()).flat_map(move |i| self.operations_in(i))
+    }
+
+    fn operations_in(&self, i: usize) -> impl Iterator<Item = Operation<'_>> + '_ {
+        let module = &self.modules[i];
+        module
+            .endpoints
+            .iter()
+            .enumerate()
+            // In a tenant's view a shadowed admin API is not routed: not listed either.
+            .filter(move |(j, e)| self.routes(&e.api, i, *j))
+            .flat_map(move |(_, endpoint)| {
+                endpoint.methods.iter().map(move |method| {
+                    let qualified = self
+                        .candidates(&endpoint.api, None)
+                        .filter(|&(mi, ei)| self.modules[mi].endpoints[ei].methods.contains(method))
+                        .count()
+                        > 1;
+                    Operation {
+                        module,
+                        endpoint,
+                        method,
+                        qualified,
+                    }
+                })
+            })
+    }
+
     fn routes(&self, api: &str, module: usize, endpoint: usize) -> bool {
         self.by_api
             .get(api)
@@ -547,42 +589,32 @@ impl RouteTable {
                     aliases.insert(alias.clone(), json!(m.name));
                 }
             }
-            for (j, e) in m.endpoints.iter().enumerate() {
-                // In a tenant's view a shadowed admin API is not routed: not listed either.
-                if !self.routes(&e.api, i, j) {
-                    continue;
-                }
-                for method in e.methods.iter() {
-                    let shared = self
-                        .candidates(&e.api, None)
-                        .filter(|&(mi, ei)| self.modules[mi].endpoints[ei].methods.contains(method))
-                        .count()
-                        > 1;
-                    let key = if shared {
-                        format!("{}/{}", m.name, e.api)
-                    } else {
-                        e.api.clone()
-                    };
-                    let per_method = endpoints
-                        .entry(method.as_str())
-                        .or_insert_with(|| Value::Object(Map::new()));
-                    if let Value::Object(map) = per_method {
-                        let mut info = json!({
-                            "func": e.func,
-                            "module": m.name,
-                            "alias": m.alias,
-                            "doc": e.doc,
-                            "signature": e.signature,
-                            "schedule": e.schedule.describe(),
-                            "auth": e.auth.as_str(),
-                        });
-                        if let (Value::Object(info), Value::Object(meta)) = (&mut info, &e.meta) {
-                            if !meta.is_empty() {
-                                info.insert("meta".into(), Value::Object(meta.clone()));
-                            }
+            for op in self.operations_in(i) {
+                let (e, method) = (op.endpoint, op.method);
+                let key = if op.qualified {
+                    format!("{}/{}", m.name, e.api)
+                } else {
+                    e.api.clone()
+                };
+                let per_method = endpoints
+                    .entry(method.as_str())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(map) = per_method {
+                    let mut info = json!({
+                        "func": e.func,
+                        "module": m.name,
+                        "alias": m.alias,
+                        "doc": e.doc,
+                        "signature": e.signature,
+                        "schedule": e.schedule.describe(),
+                        "auth": e.auth.as_str(),
+                    });
+                    if let (Value::Object(info), Value::Object(meta)) = (&mut info, &e.meta) {
+                        if !meta.is_empty() {
+                            info.insert("meta".into(), Value::Object(meta.clone()));
                         }
-                        map.insert(key, info);
                     }
+                    map.insert(key, info);
                 }
             }
         }
@@ -633,6 +665,7 @@ mod tests {
                 func: format!("{name}_{i}"),
                 methods: MethodSet::only(Method::Get),
                 doc: String::new(),
+                description: String::new(),
                 signature: "()".into(),
                 params: crate::marshal::Signature::default(),
                 meta: Value::Null,

@@ -60,6 +60,9 @@ pub struct EndpointDescription {
     pub api: String,
     pub methods: Vec<String>,
     pub doc: String,
+    /// The whole docstring, cleaned.
+    #[serde(default)]
+    pub description: String,
     pub signature: String,
     pub params: Vec<Param>,
     pub meta: Value,

@@ -1070,6 +1070,7 @@ fn build_module(file: &TrackedFile, d: Description, code: Option<CodeRef>) -> Mo
             func: e.func,
             methods,
             doc: e.doc,
+            description: e.description,
             signature: e.signature,
             params: Signature::new(e.params),
             meta: if e.meta.is_object() {

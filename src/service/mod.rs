@@ -13,6 +13,9 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
+mod docs;
+
+use self::docs::Wanted;
 use crate::config::{Config, ReloadMode};
 use crate::cors;
 use crate::error::ApiError;
@@ -266,6 +269,23 @@ async fn route(
         .await;
         return Ok((resp, Some("admin".into())));
     }
+    if let Some(wanted) = docs::wanted(path) {
+        let Wanted::Document(uuid) = wanted else {
+            return docs::serve(app, path, verb, wanted).await;
+        };
+        // The document shows what the caller may call: the same token rule as `__dir__`.
+        let access = Access::before_routing(
+            app.gate.as_deref(),
+            uuid,
+            req.headers(),
+            req.method().as_str(),
+            path,
+            id.as_str(),
+        )
+        .await;
+        let routed = docs::serve(app, path, verb, Wanted::Document(uuid)).await;
+        return access.answer(routed);
+    }
     let rest = match path.strip_prefix(SERVICES_PREFIX) {
         Some("") => "",
         Some(rest) if rest.starts_with('/') => &rest[1..],
@@ -310,29 +330,7 @@ async fn route_services(
     verb: Verb,
     access: &Access<'_>,
 ) -> Result<Routed, Failed> {
-    let path = req.uri().path();
-    let who = match &app.tenancy {
-        None => Who::Admin,
-        Some(tenancy) => {
-            // One answer for a missing, unknown, disabled or removed uuid (SPEC §7).
-            let unknown = || ApiError::NotFound {
-                path: path.to_string(),
-            };
-            let Some(segment) = uuid.as_deref() else {
-                return Err((unknown(), None));
-            };
-            match tenancy.resolve(segment).await {
-                Ok(who) => who,
-                Err(Refused::Unknown) => return Err((unknown(), None)),
-                Err(Refused::Unavailable(why)) => {
-                    return Err((ApiError::RegistryUnavailable(why), None));
-                }
-                Err(Refused::NoSandbox(why)) => {
-                    return Err((ApiError::SandboxUnavailable(why), None))
-                }
-            }
-        }
-    };
+    let who = resolve(app, req.uri().path(), uuid.as_deref()).await?;
     if let Who::Tenant(_, view) = &who {
         let view = Arc::clone(view);
         return route_tenant(app, req, remote, id, uuid, &view, &segs, verb, access).await;
@@ -376,6 +374,26 @@ async fn route_services(
     };
     let params = &segs[params_at..];
     call_labelled(app, req, caller, selected, params, module_segment).await
+}
+
+/// Who the caller is: the admin without MULTI_TENANT, else the tenant the uuid names.
+async fn resolve(app: &App, path: &str, uuid: Option<&str>) -> Result<Who, Failed> {
+    let Some(tenancy) = &app.tenancy else {
+        return Ok(Who::Admin);
+    };
+    // One answer for a missing, unknown, disabled or removed uuid (SPEC §7).
+    let unknown = || ApiError::NotFound {
+        path: path.to_string(),
+    };
+    let Some(segment) = uuid else {
+        return Err((unknown(), None));
+    };
+    match tenancy.resolve(segment).await {
+        Ok(who) => Ok(who),
+        Err(Refused::Unknown) => Err((unknown(), None)),
+        Err(Refused::Unavailable(why)) => Err((ApiError::RegistryUnavailable(why), None)),
+        Err(Refused::NoSandbox(why)) => Err((ApiError::SandboxUnavailable(why), None)),
+    }
 }
 
 /// A tenant's call: routed in its view (its modules over the admin's), run in its process
