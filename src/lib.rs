@@ -17,6 +17,8 @@
 //! - [`server`]: a worker's accept loop and graceful shutdown.
 //! - [`service`]: the request pipeline, the one place its steps are put in order.
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
+//! - [`jsonrpc`]: JSON-RPC 2.0 as plain data: requests and batches read and checked, errors
+//!   mapped to its codes (the service's `rpc` front door runs the calls).
 //! - [`openapi`]: the OpenAPI 3.1 document of a route table (`/rest/openapi.json`; the
 //!   service's `docs` front door serves it and the embedded Swagger UI at `/docs`).
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
@@ -55,6 +57,7 @@ pub mod exec;
 pub mod fork_guard;
 pub mod health;
 pub mod ipc;
+pub mod jsonrpc;
 pub mod marshal;
 pub mod openapi;
 pub mod plugins;

@@ -294,7 +294,7 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Refuses integers longer than CPython will parse (a guard against quadratic-time conversion).
-fn check_numbers(v: &Value) -> Result<(), ApiError> {
+pub fn check_numbers(v: &Value) -> Result<(), ApiError> {
     match v {
         Value::Number(n) => {
             let text = n.to_string();

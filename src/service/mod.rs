@@ -14,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 mod docs;
+mod rpc;
 
 use self::docs::Wanted;
 use crate::config::{Config, ReloadMode};
@@ -284,6 +285,20 @@ async fn route(
         )
         .await;
         let routed = docs::serve(app, path, verb, Wanted::Document(uuid)).await;
+        return access.answer(routed);
+    }
+    if let Some(uuid) = rpc::wanted(path) {
+        let uuid = uuid.map(str::to_string);
+        let access = Access::before_routing(
+            app.gate.as_deref(),
+            uuid.as_deref(),
+            req.headers(),
+            req.method().as_str(),
+            path,
+            id.as_str(),
+        )
+        .await;
+        let routed = rpc::serve(app, req, remote, id, uuid, verb, &access).await;
         return access.answer(routed);
     }
     let rest = match path.strip_prefix(SERVICES_PREFIX) {
@@ -779,12 +794,7 @@ async fn call(
     } = caller;
     let config = &app.config;
     let endpoint = selected.endpoint();
-    if let Some(err) = &selected.module.import_error {
-        return Err(ApiError::PluginImport {
-            api: endpoint.api.clone(),
-            exception: err.clone(),
-        });
-    }
+    importable(&selected)?;
     let (parts, body) = req.into_parts();
     // No body (every plain GET): no read, and no timer to arm and cancel.
     let bytes = if hyper::body::Body::is_end_stream(&body) {
@@ -833,6 +843,71 @@ async fn call(
         id: id.clone(),
     });
 
+    match run(app, &selected, args, info).await? {
+        Outcome::Json(body) => Ok(response::json_bytes(StatusCode::OK, body)),
+        Outcome::Custom {
+            status,
+            headers,
+            content_type,
+            body,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            // 204 and 304 carry no body and no content type (RFC 9110 §15.3.5, §15.4.5).
+            let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+            let body = if bodiless {
+                Bytes::new()
+            } else {
+                Bytes::from(body)
+            };
+            let mut resp = Response::new(http_body_util::Full::new(body));
+            *resp.status_mut() = status;
+            for (k, v) in headers {
+                // Checked by the executor; a pair that still does not parse is dropped.
+                let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) else {
+                    tracing::warn!(id = %id, api = %endpoint.api, header = %k, "dropped a header that is not valid HTTP");
+                    continue;
+                };
+                if response::is_framing_header(&k) {
+                    framing_ignored(&endpoint.label, &k);
+                    continue;
+                }
+                resp.headers_mut().append(k, v);
+            }
+            if !bodiless {
+                response::set_header(&mut resp, CONTENT_TYPE, &content_type);
+            } else {
+                resp.headers_mut().remove(CONTENT_TYPE);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+/// Whether the endpoint's module has code to run (its current file imports).
+fn importable(selected: &Selected) -> Result<(), ApiError> {
+    match &selected.module.import_error {
+        Some(err) => Err(ApiError::PluginImport {
+            api: selected.endpoint().api.clone(),
+            exception: err.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs one bound call where its module lives (this interpreter or the tenant's process),
+/// within `MAX_FUNCTION_SECS`: the step REST and JSON-RPC share.
+async fn run(
+    app: &App,
+    selected: &Selected,
+    args: marshal::CallArgs,
+    info: Arc<RequestInfo>,
+) -> Result<Outcome, ApiError> {
+    let config = &app.config;
+    let endpoint = selected.endpoint();
+    let id = info.id.clone();
     let dispatch = if runs_in_tenant_process(&selected.module) {
         TenantExec::call(
             &selected.module,
@@ -866,45 +941,7 @@ async fn call(
         }
     };
     match outcome {
-        Ok(Outcome::Json(body)) => Ok(response::json_bytes(StatusCode::OK, body)),
-        Ok(Outcome::Custom {
-            status,
-            headers,
-            content_type,
-            body,
-        }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            // 204 and 304 carry no body and no content type (RFC 9110 §15.3.5, §15.4.5).
-            let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
-            let body = if bodiless {
-                Bytes::new()
-            } else {
-                Bytes::from(body)
-            };
-            let mut resp = Response::new(http_body_util::Full::new(body));
-            *resp.status_mut() = status;
-            for (k, v) in headers {
-                // Checked by the executor; a pair that still does not parse is dropped.
-                let (Ok(k), Ok(v)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(&v),
-                ) else {
-                    tracing::warn!(id = %id, api = %endpoint.api, header = %k, "dropped a header that is not valid HTTP");
-                    continue;
-                };
-                if response::is_framing_header(&k) {
-                    framing_ignored(&endpoint.label, &k);
-                    continue;
-                }
-                resp.headers_mut().append(k, v);
-            }
-            if !bodiless {
-                response::set_header(&mut resp, CONTENT_TYPE, &content_type);
-            } else {
-                resp.headers_mut().remove(CONTENT_TYPE);
-            }
-            Ok(resp)
-        }
+        Ok(outcome) => Ok(outcome),
         Err(CallFailure::Raised {
             exception,
             traceback,

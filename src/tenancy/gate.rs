@@ -157,8 +157,9 @@ impl Gate {
 pub struct Access<'a> {
     gate: Option<&'a Gate>,
     sub: Option<Uuid>,
-    /// The token was checked and spent.
-    passed: bool,
+    /// The token was checked and spent (one token serves every call of the request: a
+    /// JSON-RPC batch spends it once).
+    passed: AtomicBool,
     /// Why the request has no valid token, when tokens are required: only an `auth="public"`
     /// endpoint is served; every other answer is this one.
     denied: Option<ApiError>,
@@ -180,13 +181,13 @@ impl<'a> Access<'a> {
         let mut access = Access {
             gate,
             sub,
-            passed: false,
+            passed: AtomicBool::new(false),
             denied: None,
             public_served: AtomicBool::new(false),
         };
         if let Some(g) = gate.filter(|g| g.required()) {
             match g.check(headers, sub, method, path, request_id).await {
-                Ok(()) => access.passed = true,
+                Ok(()) => access.passed = AtomicBool::new(true),
                 Err(e) => access.denied = Some(e),
             }
         }
@@ -208,11 +209,15 @@ impl<'a> Access<'a> {
                 self.public_served.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            _ if self.passed => Ok(()),
+            _ if self.passed.load(Ordering::Relaxed) => Ok(()),
             _ if self.denied.is_some() => Err(ApiError::InvalidToken),
             Auth::Default => Ok(()),
             Auth::Token => match self.gate {
-                Some(g) => g.check(headers, self.sub, method, path, request_id).await,
+                Some(g) => {
+                    g.check(headers, self.sub, method, path, request_id).await?;
+                    self.passed.store(true, Ordering::Relaxed);
+                    Ok(())
+                }
                 None => {
                     tracing::info!(id = request_id, "token refused: no ADMIN_ID, so no keys");
                     Err(ApiError::InvalidToken)
