@@ -24,6 +24,8 @@
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
 //! - [`typed`]: typed parameters: annotations as plain data and the conversion of strings to
 //!   what they ask for (400 `bad_argument_type`).
+//! - [`metrics`]: `/metrics`: each worker's counters in a shared region of the state folder,
+//!   summed over every worker when scraped.
 //! - [`health`]: `/healthz` and `/readyz`: the readiness rules over facts the service gathers.
 //! - [`response`]: JSON responses and error bodies.
 //! - [`cors`]: `DPMS_CORS_ORIGINS`: CORS headers and preflight answers.
@@ -59,6 +61,7 @@ pub mod health;
 pub mod ipc;
 pub mod jsonrpc;
 pub mod marshal;
+pub mod metrics;
 pub mod openapi;
 pub mod plugins;
 pub mod pyhost;

@@ -53,6 +53,8 @@ pub struct TenantProcess {
     last_module: Mutex<String>,
     /// Whose process it is (empty while a pooled process waits), for its output's tag.
     tenant: Mutex<String>,
+    /// Counted in `dpms_tenant_processes` (it serves a tenant): uncounted when dropped.
+    counted: AtomicBool,
 }
 
 /// Who waits for the answer to a message sent to a tenant process.
@@ -187,6 +189,7 @@ impl TenantProcess {
             probe,
             last_module: Mutex::new(String::new()),
             tenant: Mutex::new(tenant),
+            counted: AtomicBool::new(false),
         });
         let writer = Arc::downgrade(&process);
         tokio::spawn(async move {
@@ -387,6 +390,11 @@ fn exec_tenant(
 
 impl Drop for TenantProcess {
     fn drop(&mut self) {
+        if self.counted.load(Ordering::Relaxed) {
+            if let Some(m) = crate::metrics::Metrics::get() {
+                m.tenant_stopped();
+            }
+        }
         if !self.dead.swap(true, Ordering::AcqRel) {
             kill_pid(self.pid);
         }
@@ -568,6 +576,13 @@ impl TenantExec {
             // Modules loaded into the dead process are gone with it: the view is rebuilt.
             return Err("the tenant process died".into());
         }
+        let cold = std::time::Instant::now();
+        let counted = |p: &Arc<TenantProcess>| {
+            if let Some(m) = crate::metrics::Metrics::get() {
+                p.counted.store(true, Ordering::Relaxed);
+                m.tenant_started(cold.elapsed());
+            }
+        };
         let start = (self.starter)().await?;
         // A pre-sandboxed process from the pool, if one is ready: only its name, its
         // environment and seccomp are left to apply.
@@ -577,6 +592,7 @@ impl TenantExec {
                 .await
             {
                 Ok(()) => {
+                    counted(&p);
                     *slot = Some(Arc::clone(&p));
                     return Ok(p);
                 }
@@ -593,6 +609,7 @@ impl TenantExec {
                 return Err(e);
             }
         };
+        counted(&p);
         *slot = Some(Arc::clone(&p));
         Ok(p)
     }

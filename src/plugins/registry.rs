@@ -798,6 +798,9 @@ impl Registry {
                 }
             }
         };
+        if let Some(m) = crate::metrics::Metrics::get().filter(|_| !requests.is_empty()) {
+            m.reloaded(requests.len());
+        }
         let mut loaded: HashMap<String, Loaded> = requests
             .iter()
             .map(|r| r.name.clone())

@@ -22,6 +22,7 @@ use crate::cors;
 use crate::error::ApiError;
 use crate::health;
 use crate::marshal::{self, RequestParts, Target};
+use crate::metrics::Metrics;
 use crate::plugins::{Registry, Snapshot};
 use crate::pyhost::{CallFailure, Dispatch, Outcome, PyHost, RequestInfo};
 use crate::request_id::RequestId;
@@ -35,6 +36,7 @@ use crate::tenants::{Caller as Who, Refused, Tenants, View};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVICES_PREFIX: &str = "/rest/services";
+const METRICS_PATH: &str = "/metrics";
 
 const X_DPMS_WORKER: HeaderName = HeaderName::from_static("x-dpms-worker");
 
@@ -54,6 +56,8 @@ pub struct App {
     tenancy: Option<Arc<Tenants>>,
     /// Tokens (SPEC §12), when `ADMIN_ID` is set.
     gate: Option<Arc<Gate>>,
+    /// This worker's counters, shared with the others for `/metrics`.
+    metrics: &'static Metrics,
 }
 
 impl App {
@@ -64,6 +68,8 @@ impl App {
         tenants: Option<Arc<crate::store::Registry>>,
         worker: usize,
     ) -> App {
+        let config_state_dir = config.state_dir.as_deref();
+        let metrics = crate::metrics::init(config_state_dir, worker);
         App {
             config,
             registry,
@@ -74,6 +80,7 @@ impl App {
             access_log: telemetry::access_enabled(),
             tenancy: None,
             gate: None,
+            metrics,
         }
     }
 
@@ -165,6 +172,12 @@ pub async fn handle(
         resp.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    app.metrics.request(
+        endpoint.as_deref().unwrap_or("-"),
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     if app.access_log {
         telemetry::access(&telemetry::Access {
             method: method.as_str(),
@@ -211,6 +224,11 @@ async fn route(
     }
     if path == health::HEALTHZ || path == health::READYZ {
         return probe(app, verb, path).await.map_err(|e| (e, None));
+    }
+    if path == METRICS_PATH {
+        return scrape(app, verb, req.headers())
+            .await
+            .map_err(|e| (e, Some("metrics".into())));
     }
     // The admin API (SPEC §7); without ADMIN_ID its paths are unknown like any other.
     if let Some(admin_id) = app.config.admin_id.filter(|_| admin::owns(path)) {
@@ -653,6 +671,48 @@ fn index(verb: Verb) -> Result<Routed, ApiError> {
         Verb::Options => Ok((response::options("GET, HEAD, OPTIONS"), None)),
         Verb::Call(_) => Err(ApiError::NotFound { path: "/".into() }),
     }
+}
+
+/// `GET /metrics`: the whole server's counters in Prometheus text format. Under MULTI_TENANT
+/// it names every tenant's endpoints, so it takes the admin's bearer (`ADMIN_ID`, which a
+/// scraper can hold as a static credential); otherwise it is open, like the probes.
+async fn scrape(app: &App, verb: Verb, headers: &hyper::HeaderMap) -> Result<Routed, ApiError> {
+    const ALLOW: &str = "GET, HEAD, OPTIONS";
+    match verb {
+        Verb::Call(Method::Get) | Verb::Head => {}
+        Verb::Options => return Ok((response::options(ALLOW), Some("metrics".into()))),
+        Verb::Call(m) => {
+            return Err(ApiError::MethodNotAllowed {
+                path: METRICS_PATH.to_string(),
+                method: m.as_str().to_string(),
+                allow: ALLOW,
+            })
+        }
+    }
+    if app.tenancy.is_some() {
+        let admin_id = app.config.admin_id.ok_or(ApiError::Unauthorized)?;
+        admin::authorize(admin_id, headers.get(hyper::header::AUTHORIZATION))?;
+    }
+    let snap = app.registry.snapshot().await;
+    let import_errors = snap
+        .table
+        .modules()
+        .iter()
+        .filter(|m| m.import_error.is_some())
+        .count()
+        + snap
+            .table
+            .problems()
+            .iter()
+            .filter(|p| p.status == "error")
+            .count();
+    let text = app.metrics.render(import_errors);
+    let mut resp = Response::new(RespBody::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok((resp, Some("metrics".into())))
 }
 
 /// `/healthz` and `/readyz` (see [`health`]).
