@@ -203,6 +203,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "info",
         doc: "Log filter (tracing `EnvFilter` syntax, e.g. `info`, `dpms=debug`); logs go to stderr.",
     },
+    Setting {
+        name: "DPMS_LOG_FORMAT",
+        default: "text",
+        doc: "`text`: one `key=value` line per record; `json`: one JSON object per line, with the same fields (`timestamp`, `level`, `target`, `message`, …).",
+    },
 ];
 
 /// Keys the original framework's `.env` files carry that dpms knows but does not use yet; they
@@ -272,6 +277,8 @@ pub struct Config {
     pub workers: usize,
     pub shutdown_time: Duration,
     pub log_filter: String,
+    /// `DPMS_LOG_FORMAT=json`: log records as JSON lines.
+    pub log_json: bool,
     /// A folder shared by the workers of one supervisor (not a user setting: the supervisor
     /// sets it); see `plugins::registry` for what is kept there.
     #[serde(with = "path_bytes::optional")]
@@ -717,6 +724,7 @@ impl Sources {
             workers,
             shutdown_time: Duration::from_secs(shutdown_secs),
             log_filter: self.get("DPMS_LOG").unwrap_or_else(|| "info".into()),
+            log_json: self.log_json()?,
             state_dir: None,
             data_dir: self.data_dir(workdir),
             tenant_idle: self.seconds("DPMS_TENANT_IDLE_SECS", 300.0, 86_400.0 * 365.0)?,
@@ -748,6 +756,17 @@ impl Sources {
 
 impl Sources {
     /// `DPMS_SANDBOX`: `strict` (the default) or `relaxed`, in any case.
+    fn log_json(&self) -> Result<bool, ConfigError> {
+        let Some(v) = self.get("DPMS_LOG_FORMAT") else {
+            return Ok(false);
+        };
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "text" => Ok(false),
+            "json" => Ok(true),
+            _ => Err(invalid("DPMS_LOG_FORMAT", &v, "must be `text` or `json`")),
+        }
+    }
+
     fn sandbox_relaxed(&self) -> Result<bool, ConfigError> {
         let Some(v) = self.get("DPMS_SANDBOX") else {
             return Ok(false);

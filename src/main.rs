@@ -234,7 +234,7 @@ fn configure(args: &ServeArgs) -> Result<Config, String> {
         std::env::current_dir().map_err(|e| format!("cannot read the working folder: {e}"))?;
     let sources = Sources::load(&workdir, args.overrides()).map_err(|e| e.to_string())?;
     let config = sources.config(&workdir).map_err(|e| e.to_string())?;
-    dpms::telemetry::init(&config.log_filter);
+    dpms::telemetry::init(&config.log_filter, config.log_json);
     Ok(config)
 }
 
@@ -287,7 +287,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
 fn worker() -> Result<(), String> {
     let env = WorkerEnv::from_env()?;
     let mut config = env.handoff.config.clone();
-    dpms::telemetry::init(&config.log_filter);
+    dpms::telemetry::init(&config.log_filter, config.log_json);
     config.state_dir = env.state_dir.clone();
     let (index, listener, mut ready) = env.split();
     let retire = ready.retire_notice();

@@ -45,9 +45,13 @@ static ACCESS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// (about 150 lines).
 pub const ACCESS_BATCH: usize = 32 * 1024;
 
+/// Whether access lines are written as JSON (`DPMS_LOG_FORMAT=json`).
+static ACCESS_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Installs the subscriber once; later calls do nothing. Lines are queued until [`flush`].
-pub fn init(filter: &str) {
-    init_with(filter, LINES)
+/// `json`: one JSON object per record (`DPMS_LOG_FORMAT=json`), access lines included.
+pub fn init(filter: &str, json: bool) {
+    init_with(filter, LINES, json)
 }
 
 /// The writer's queue of lines not yet written: tracing-appender's default. Its slots are
@@ -58,10 +62,10 @@ const LINES: usize = 128_000;
 /// empty slots (SPEC §11.10's density); a tenant that prints faster than the log is written
 /// loses lines, never the server.
 pub fn init_tenant(filter: &str) {
-    init_with(filter, 1024)
+    init_with(filter, 1024, false)
 }
 
-fn init_with(filter: &str, lines: usize) {
+fn init_with(filter: &str, lines: usize, json: bool) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -70,13 +74,27 @@ fn init_with(filter: &str, lines: usize) {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(lines)
         .finish(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let installed = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .fmt_fields(EscapedFields)
-        .with_writer(writer.clone())
-        .with_ansi(false)
-        .try_init();
+    let installed = if json {
+        // serde_json escapes every control character inside strings: one record, one line.
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(writer.clone())
+            .with_ansi(false)
+            .try_init()
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .fmt_fields(EscapedFields)
+            .with_writer(writer.clone())
+            .with_ansi(false)
+            .try_init()
+    };
     if installed.is_ok() {
+        ACCESS_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
         let _ = WRITER.set(writer);
         if let Ok(mut slot) = GUARD.lock() {
             *slot = Some(guard);
@@ -204,7 +222,11 @@ pub fn access(line: &Access<'_>) {
     let Ok(mut buf) = ACCESS.lock() else {
         return;
     };
-    format_access(&mut buf, line, SystemTime::now());
+    if ACCESS_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        format_access_json(&mut buf, line, SystemTime::now());
+    } else {
+        format_access(&mut buf, line, SystemTime::now());
+    }
     if buf.len() >= ACCESS_BATCH {
         hand_over(&mut buf);
     }
@@ -243,6 +265,33 @@ pub fn format_access(buf: &mut Vec<u8>, line: &Access<'_>, now: SystemTime) {
     buf.extend_from_slice(b" id=");
     buf.extend_from_slice(line.id.as_bytes());
     buf.push(b'\n');
+}
+
+/// Writes one access line as a JSON object with the fields of [`format_access`]'s line:
+/// `{"timestamp":…,"level":"INFO","target":"dpms::access","method":"GET","path":…,"status":200,
+/// "endpoint":"m.f","worker":0,"remote":…,"ms":0.123,"id":…}`.
+pub fn format_access_json(buf: &mut Vec<u8>, line: &Access<'_>, now: SystemTime) {
+    let mut num = itoa::Buffer::new();
+    let _ = write!(
+        buf,
+        "{{\"timestamp\":\"{}\",\"level\":\"INFO\",\"target\":\"dpms::access\",\"method\":",
+        humantime::format_rfc3339_micros(now)
+    );
+    let _ = serde_json::to_writer(&mut *buf, line.method);
+    buf.extend_from_slice(b",\"path\":");
+    let _ = serde_json::to_writer(&mut *buf, line.path);
+    buf.extend_from_slice(b",\"status\":");
+    buf.extend_from_slice(num.format(line.status).as_bytes());
+    buf.extend_from_slice(b",\"endpoint\":");
+    let _ = serde_json::to_writer(&mut *buf, line.endpoint);
+    buf.extend_from_slice(b",\"worker\":");
+    buf.extend_from_slice(num.format(line.worker).as_bytes());
+    let _ = write!(buf, ",\"remote\":\"{}\",\"ms\":", line.remote);
+    let micros = line.elapsed.as_micros();
+    let _ = write!(buf, "{}.{:03}", micros / 1000, micros % 1000);
+    buf.extend_from_slice(b",\"id\":");
+    let _ = serde_json::to_writer(&mut *buf, line.id);
+    buf.extend_from_slice(b"}\n");
 }
 
 /// Hands the gathered access lines to the writer (cheap when there are none).
@@ -334,6 +383,31 @@ mod tests {
         let mut out = String::new();
         let _ = write!(Escaped(&mut out), "a\nb\r\tc\u{7f}d \"q\" \\ é");
         assert_eq!(out, r#"a\nb\r\tc\u{7f}d "q" \ é"#);
+    }
+
+    #[test]
+    fn the_json_line_has_the_same_fields() {
+        let access = Access {
+            method: "GET",
+            path: "/a\u{2028}\n\"b",
+            status: 404,
+            endpoint: "m.\"f\"",
+            worker: 1,
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            elapsed: Duration::from_micros(2_045),
+            id: "x",
+        };
+        let mut buf = Vec::new();
+        format_access_json(&mut buf, &access, SystemTime::UNIX_EPOCH);
+        assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"timestamp": "1970-01-01T00:00:00.000000Z", "level": "INFO",
+                "target": "dpms::access", "method": "GET", "path": "/a\u{2028}\n\"b",
+                "status": 404, "endpoint": "m.\"f\"", "worker": 1, "remote": "127.0.0.1:40000",
+                "ms": 2.045, "id": "x"})
+        );
     }
 
     #[test]
