@@ -61,6 +61,8 @@ fn p(name: &str, kind: ParamKind, has_default: bool) -> Param {
         name: name.to_string(),
         kind,
         has_default,
+        ty: None,
+        default: None,
     }
 }
 
