@@ -19,6 +19,8 @@
 //! - [`router`]: the immutable route table, method sets, `__dir__`.
 //! - [`jsonrpc`]: JSON-RPC 2.0 as plain data: requests and batches read and checked, errors
 //!   mapped to its codes (the service's `rpc` front door runs the calls).
+//! - [`local`]: plugins loaded as a worker loads them, without serving (`dpms routes`,
+//!   `dpms check`).
 //! - [`openapi`]: the OpenAPI 3.1 document of a route table (`/rest/openapi.json`; the
 //!   service's `docs` front door serves it and the embedded Swagger UI at `/docs`).
 //! - [`marshal`]: request → `(*args, **kwargs)` in plain Rust, signature binding.
@@ -60,6 +62,7 @@ pub mod fork_guard;
 pub mod health;
 pub mod ipc;
 pub mod jsonrpc;
+pub mod local;
 pub mod marshal;
 pub mod metrics;
 pub mod openapi;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use dpms::config::{Config, Overrides, Sources};
 use dpms::supervisor::{self, Plan, WorkerEnv};
 
+mod dev_cli;
 mod tenant_cli;
 mod token_cli;
 
@@ -38,6 +39,16 @@ enum Command {
     Serve(ServeArgs),
     /// Print every setting with its default, as a Markdown table.
     Settings,
+    /// List what is callable: method, path, function, auth (a table, or --json).
+    Routes(dev_cli::RoutesArgs),
+    /// Load the plugins exactly as the server would and print each problem as `file:line:`;
+    /// exit 1 if there is any (for CI and pre-commit hooks).
+    Check(dev_cli::CheckArgs),
+    /// Make a plugin file and its plain-pytest test, both passing as written.
+    New(dev_cli::NewArgs),
+    /// Run one call locally, without a server, and print what the server would send (like
+    /// `sam local invoke`).
+    Call(dev_cli::CallArgs),
     /// Manage the tenant registry (DPMS_DATA_DIR), with or without a running server.
     ///
     /// Exit codes: 0 done; 2 bad input (a malformed uuid, userid or secret name, or a bad
@@ -150,6 +161,10 @@ fn main() -> ExitCode {
             print!("{}", dpms::config::settings_table());
             return ExitCode::SUCCESS;
         }
+        Some(Command::Routes(args)) => return dev_cli::routes(&args),
+        Some(Command::Check(args)) => return dev_cli::check(&args),
+        Some(Command::New(args)) => return dev_cli::new(&args),
+        Some(Command::Call(args)) => exit_now(dev_cli::call(&args)),
         Some(Command::Tenant(command)) => return tenant_cli::run(command),
         Some(Command::Token(command)) => return token_cli::run(command),
         // Its flags are ignored: a worker's settings all come in the supervisor's handoff.
@@ -178,6 +193,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exits at once with `code` (Python threads of a finished call may still run).
+fn exit_now(code: i32) -> ! {
+    dpms::telemetry::flush();
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }
 
 /// Enters the sandbox (this process is still single-threaded: nothing has started a thread

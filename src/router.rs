@@ -216,6 +216,8 @@ pub struct Module {
     pub file: Arc<FileState>,
     /// Other plugin modules it imported: a change to one re-imports this one.
     pub deps: Vec<String>,
+    /// Function name → the line its definition starts on (where `dpms check` points).
+    pub lines: std::collections::HashMap<String, u32>,
 }
 
 /// A file that is not (or no longer) served, for `__dir__`.
@@ -225,6 +227,8 @@ pub struct FileProblem {
     pub key: String,
     pub status: &'static str,
     pub error: String,
+    /// Where in the file, when known (an import error's line).
+    pub line: Option<u32>,
 }
 
 /// Where a request goes, before its method is checked.
@@ -289,6 +293,7 @@ impl RouteTable {
                 if let Some(&other) = by_name.get(alias) {
                     if other != i {
                         problems.push(FileProblem {
+                            line: None,
                             key: format!("{}.py", m.name),
                             status: "warning",
                             error: format!(
@@ -351,6 +356,7 @@ impl RouteTable {
                     p.error.clone()
                 };
                 FileProblem {
+                    line: None,
                     key,
                     status: p.status,
                     error,
@@ -688,6 +694,7 @@ mod tests {
             code: None,
             file: Arc::new(crate::plugins::FileState::in_memory(Arc::new(Vec::new()))),
             deps: Vec::new(),
+            lines: Default::default(),
         })
     }
 

@@ -565,6 +565,9 @@ def _describe(module):
     """Everything the server needs from a module, as JSON plus the endpoint functions."""
     name = module.__name__
     public, endpoints, functions, errors = [], [], [], []
+    #: Function name -> the line its definition (its first decorator) starts on, for
+    #: `dpms check` to say where a problem is.
+    lines = {}
     #: Python callables that turn a string the server checked into an annotation's object
     #: (``uuid.UUID``, an Enum member…); a parameter's type names one by index.
     converters = []
@@ -612,6 +615,7 @@ def _describe(module):
             continue
         func_name = getattr(func, "__name__", "?")
         if isinstance(func_name, str) and not func_name.startswith("__"):
+            _note_line(lines, func_name, func)
             errors.append(
                 f"{func_name}: decorated with expose.endpoint, but no module-level name holds it "
                 "(a decorator above it returned an object that does not keep it)"
@@ -630,6 +634,7 @@ def _describe(module):
         if not isinstance(marker, dict):
             continue
         seen.add(id(obj))
+        _note_line(lines, func_name, func)
         described = _describe_endpoint(obj, func, func_name, marker, converters)
         if "error" in described:
             errors.append(f"{func_name}: {described['error']}")
@@ -653,6 +658,7 @@ def _describe(module):
         "endpoints": endpoints,
         "errors": errors,
         "deps": sorted(deps),
+        "lines": lines,
     }
     return _to_json(description), functions, module, converters
 
@@ -737,6 +743,16 @@ def _evaluated(annotation, target):
         return eval(annotation, dict(scope) if isinstance(scope, dict) else {})
     except Exception:  # noqa: BLE001 - a name the module does not define, or worse
         return inspect.Parameter.empty
+
+
+def _note_line(lines, name, func):
+    try:
+        code = getattr(inspect.unwrap(func), "__code__", None)
+        line = getattr(code, "co_firstlineno", None)
+    except Exception:  # noqa: BLE001 - a hostile wrapper
+        return
+    if isinstance(line, int):
+        lines[name] = line
 
 
 def _plain(value, depth=0):

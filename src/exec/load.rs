@@ -51,6 +51,9 @@ pub struct Description {
     pub errors: Vec<String>,
     /// Other plugin modules it imported.
     pub deps: Vec<String>,
+    /// Function name → the line its definition starts on (for `dpms check`).
+    #[serde(default)]
+    pub lines: std::collections::HashMap<String, u32>,
 }
 
 /// A decorated function, before the server validates `methods` and `api`.

@@ -577,6 +577,7 @@ impl Registry {
                     });
                 match earlier {
                     Some(first) => problems.push(FileProblem {
+                        line: None,
                         key: path.display().to_string(),
                         status: "shadowed",
                         error: format!(
@@ -663,6 +664,7 @@ impl Registry {
                         });
                     }
                     Err(e) => problems.push(FileProblem {
+                        line: None,
                         key: format!("{stem}.py"),
                         status: "error",
                         error: format!("cannot read {}: {e}", path.display()),
@@ -693,6 +695,7 @@ impl Registry {
             if files[slot].verdict == Verdict::Load {
                 let name = format!("{stem}.py");
                 problems.push(FileProblem {
+                    line: None,
                     key: path.display().to_string(),
                     status: "shadowed",
                     error: format!(
@@ -822,6 +825,7 @@ impl Registry {
                 Verdict::Load => {}
                 Verdict::Invalid(why) => {
                     problems.push(FileProblem {
+                        line: None,
                         key: format!("{}.py", f.stem),
                         status: "error",
                         error: why.clone(),
@@ -869,6 +873,7 @@ impl Registry {
                         None => problems.push(FileProblem {
                             key: format!("{}.py", f.stem),
                             status: "error",
+                            line: import_line(&traceback, &f.path),
                             error,
                         }),
                     }
@@ -878,6 +883,7 @@ impl Registry {
                         tracing::warn!(module = %f.stem, error = %error, "plugin refused");
                     }
                     problems.push(FileProblem {
+                        line: None,
                         key: format!("{}.py", f.stem),
                         status: "error",
                         error,
@@ -1100,7 +1106,22 @@ fn build_module(file: &TrackedFile, d: Description, code: Option<CodeRef>) -> Mo
         code,
         file: Arc::clone(&file.state),
         deps: d.deps,
+        lines: d.lines,
     }
+}
+
+/// The line of `path` an import failed on: the last frame of the traceback in that file (a
+/// syntax error's own `File "…", line N` included).
+fn import_line(traceback: &str, path: &std::path::Path) -> Option<u32> {
+    let wanted = format!("File \"{}\", line ", path.display());
+    traceback.lines().rev().find_map(|l| {
+        l.trim_start()
+            .strip_prefix(wanted.as_str())?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// A module whose new version does not import: the previous endpoints, answering 500.
@@ -1117,6 +1138,7 @@ fn broken(previous: &Module, file: &TrackedFile, error: String) -> Module {
         code: None,
         file: Arc::clone(&file.state),
         deps: previous.deps.clone(),
+        lines: previous.lines.clone(),
     }
 }
 
@@ -1135,4 +1157,21 @@ fn check_api_name(api: &str) -> Result<(), &'static str> {
         return Err("looks like a UUID, which URLs reserve for the caller's identity");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_import_line_is_the_last_frame_in_the_file() {
+        let path = std::path::Path::new("/p/x.py");
+        let tb = "Traceback (most recent call last):\n  File \"/p/x.py\", line 3, in <module>\n    import y\n  File \"/p/y.py\", line 9, in <module>\n    boom()\n  File \"/p/x.py\", line 12, in boom\nValueError: no\n";
+        assert_eq!(import_line(tb, path), Some(12));
+        let syntax =
+            "  File \"/p/x.py\", line 4\n    def (\n        ^\nSyntaxError: invalid syntax\n";
+        assert_eq!(import_line(syntax, path), Some(4));
+        assert_eq!(import_line("nothing here", path), None);
+        assert_eq!(import_line(tb, std::path::Path::new("/p/z.py")), None);
+    }
 }
