@@ -16,9 +16,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::fs::OpenOptions;
 use std::hash::BuildHasher;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -141,13 +139,7 @@ fn file_name(worker: usize) -> String {
 }
 
 fn open_region(path: &Path) -> std::io::Result<MmapMut> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
+    let file = crate::store::open_shared_file(path)?;
     if file.metadata()?.len() != REGION as u64 {
         // New, or not ours: made anew (a predecessor's region has exactly this size).
         file.set_len(0)?;

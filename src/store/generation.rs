@@ -7,8 +7,6 @@
 //! until the next write; opening the registry bumps it once, so a restarted process, and every
 //! process watching, re-reads.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,14 +29,7 @@ impl Generation {
     pub fn open(path: &Path) -> Result<Generation, StoreError> {
         let unavailable =
             |e: std::io::Error| StoreError::Unavailable(format!("`{}`: {e}", path.display()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(unavailable)?;
+        let file = super::open_shared_file(path).map_err(unavailable)?;
         // Growing a new (empty) file to 8 zero bytes is the same from every process; a longer
         // file is left as it is.
         if file.metadata().map_err(unavailable)?.len() < LEN {

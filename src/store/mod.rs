@@ -23,6 +23,20 @@ use base64::Engine as _;
 use indexmap::IndexMap;
 use uuid::Uuid;
 
+/// Opens a file of state shared between processes for reading and writing: created mode 0600
+/// when absent, never truncated (another process may have it mapped). The registry's change
+/// counter, the replay ledger and the workers' metrics regions are opened this way.
+pub fn open_shared_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Longest `userid` in characters (SPEC §7).
 pub const MAX_USERID_CHARS: usize = 128;
 /// Longest secret name in characters (`[A-Z_][A-Z0-9_]{0,63}`).

@@ -13,10 +13,9 @@
 //! inside (a worker `kill -9`ed) is detected and its lock taken over, so no crash wedges a
 //! bucket. A slot whose `exp` + skew has passed is free again: the sweep happens on insert.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -102,14 +101,7 @@ impl FileLedger {
             source,
         };
         let wanted = capacity.clamp(SLOTS, MAX_CAPACITY).div_ceil(SLOTS);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err)?;
+        let file = crate::store::open_shared_file(&path).map_err(io_err)?;
         let _lock = Flock::exclusive(&file).map_err(io_err)?;
         let size = file.metadata().map_err(io_err)?.len();
         // A ledger in use is never resized: another server's workers (a hand-off in progress)
