@@ -63,6 +63,21 @@ def slow():
     time.sleep(30)
 
 
+STARTS = []
+
+
+@expose.endpoint(method="POST", API="rpc-slow-start")
+def slow_start():
+    import time
+    STARTS.append(1)
+    time.sleep(30)
+
+
+@expose.endpoint(method="GET", API="rpc-starts")
+def starts():
+    return len(STARTS)
+
+
 @expose.endpoint(method="GET|POST", API="rpc-typed")
 def typed(n: int, when: "datetime.date" = None, **kwargs):
     return {"n": n, "when": str(when), "func": kwargs.get("func")}
@@ -206,6 +221,19 @@ def test_dpms_error_codes(server):
     r = rpc(server, '{"jsonrpc": "2.0", "id": 7, "method": "subtract", "params": [%s, 1]}' % ("9" * 5000))
     e = r.json()["error"]
     assert e["code"] == -32602 and e["data"]["error"] == "bad_request", e
+
+
+def test_a_batch_is_bounded_by_one_call_time(server):
+    """A batch of slow calls answers within one MAX_FUNCTION_SECS: the first call times out and
+    the others are answered -32001 without running (regression: they ran one after another,
+    holding the connection for MAX_FUNCTION_SECS each)."""
+    before = rpc(server, {"jsonrpc": "2.0", "method": "rpc-starts", "id": 0}).json()["result"]
+    r = rpc(server, [{"jsonrpc": "2.0", "method": "rpc-slow-start", "id": i} for i in range(3)])
+    replies = r.json()
+    assert [x["id"] for x in replies] == [0, 1, 2], replies
+    assert all(x["error"]["code"] == -32001 for x in replies), replies
+    after = rpc(server, {"jsonrpc": "2.0", "method": "rpc-starts", "id": 0}).json()["result"]
+    assert after - before == 1, (before, after)
 
 
 def test_names_types_and_the_request(server):

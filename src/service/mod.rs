@@ -903,7 +903,7 @@ async fn call(
         id: id.clone(),
     });
 
-    match run(app, &selected, args, info).await? {
+    match run(app, &selected, args, info, config.max_function_time).await? {
         Outcome::Json(body) => Ok(response::json_bytes(StatusCode::OK, body)),
         Outcome::Custom {
             status,
@@ -958,12 +958,14 @@ fn importable(selected: &Selected) -> Result<(), ApiError> {
 }
 
 /// Runs one bound call where its module lives (this interpreter or the tenant's process),
-/// within `MAX_FUNCTION_SECS`: the step REST and JSON-RPC share.
+/// within `limit` (`MAX_FUNCTION_SECS`, or what a JSON-RPC batch has left of it): the step REST
+/// and JSON-RPC share.
 async fn run(
     app: &App,
     selected: &Selected,
     args: marshal::CallArgs,
     info: Arc<RequestInfo>,
+    limit: std::time::Duration,
 ) -> Result<Outcome, ApiError> {
     let config = &app.config;
     let endpoint = selected.endpoint();
@@ -981,24 +983,22 @@ async fn run(
     };
     let outcome = match dispatch {
         Dispatch::Done(result) => result,
-        Dispatch::Pending(rx, interrupt) => {
-            match tokio::time::timeout(config.max_function_time, rx).await {
-                Err(_) => {
-                    tracing::warn!(id = %id, api = %endpoint.api, "call past MAX_FUNCTION_SECS; interrupting it");
-                    interrupt.interrupt();
-                    return Err(ApiError::Timeout {
-                        api: endpoint.api.clone(),
-                        secs: config.max_function_time.as_secs_f64(),
-                    });
-                }
-                Ok(Err(_)) => {
-                    return Err(ApiError::Internal(
-                        "the Python thread dropped the call".into(),
-                    ))
-                }
-                Ok(Ok(result)) => result,
+        Dispatch::Pending(rx, interrupt) => match tokio::time::timeout(limit, rx).await {
+            Err(_) => {
+                tracing::warn!(id = %id, api = %endpoint.api, "call past MAX_FUNCTION_SECS; interrupting it");
+                interrupt.interrupt();
+                return Err(ApiError::Timeout {
+                    api: endpoint.api.clone(),
+                    secs: limit.as_secs_f64(),
+                });
             }
-        }
+            Ok(Err(_)) => {
+                return Err(ApiError::Internal(
+                    "the Python thread dropped the call".into(),
+                ))
+            }
+            Ok(Ok(result)) => result,
+        },
     };
     match outcome {
         Ok(outcome) => Ok(outcome),

@@ -2,7 +2,7 @@
 //! `/rpc/<uuid>`, `/api/<uuid>`). Each call is located, selected, allowed (tokens), bound and
 //! run by the same steps as a REST call; only the way in (a request object instead of a URL,
 //! query and body) and the way out (the result without the envelope) differ. A batch runs its
-//! calls one after another, in order.
+//! calls one after another, in order, within one `MAX_FUNCTION_SECS` for all of them.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -48,6 +48,10 @@ pub fn wanted(path: &str) -> Option<Option<&str>> {
 
 /// Everything the calls of one HTTP request share.
 struct Batch<'a> {
+    /// `MAX_FUNCTION_SECS` from the request's arrival bounds the whole batch: a call that would
+    /// start past it is answered -32001 without running, so no batch holds its connection
+    /// longer than one call may.
+    deadline: tokio::time::Instant,
     app: &'a App,
     access: &'a Access<'a>,
     who: Who,
@@ -95,6 +99,7 @@ pub async fn serve(
         }
     };
     let batch = Batch {
+        deadline: tokio::time::Instant::now() + app.config.max_function_time,
         app,
         access,
         who,
@@ -213,7 +218,16 @@ impl Batch<'_> {
             }),
             id: self.id.clone(),
         });
-        match run(self.app, &selected, args, info).await? {
+        let left = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::Timeout {
+                api: endpoint.api.clone(),
+                secs: self.app.config.max_function_time.as_secs_f64(),
+            });
+        }
+        match run(self.app, &selected, args, info, left).await? {
             Outcome::Json(body) => {
                 let prefix = &endpoint.envelope_prefix[..];
                 match body
