@@ -225,6 +225,10 @@ def test_a_tenants_view(start_server, tmp_path):
     # One answer for an unknown uuid and for none, as on /rest/services/.
     error(server.get(f"/rest/{uuid.uuid4()}/openapi.json"), 404, "not_found")
     error(server.get("/rest/openapi.json"), 404, "not_found")
+    # So /docs without a uuid asks whose API to show, and /docs/<uuid>/ shows it.
+    r = server.get("/docs")
+    assert r.status_code == 200 and "Whose do you want to see?" in r.text and "openapi.json" not in r.text, r.text
+    assert f"/rest/{mine}/openapi.json" in server.get(f"/docs/{mine}/").text
 
 
 def test_with_tokens_required_the_document_needs_one(start_server, tmp_path):

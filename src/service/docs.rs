@@ -76,6 +76,8 @@ pub async fn serve(
     }
     match wanted {
         Wanted::Document(uuid) => document(app, path, uuid).await,
+        // Under MULTI_TENANT every view is someone's: without a uuid, ask for one.
+        Wanted::Page(None) if app.tenancy.is_some() => Ok((choose_tenant(), Some("docs".into()))),
         Wanted::Page(uuid) => Ok((page(uuid), Some("docs".into()))),
         Wanted::Asset(content_type, bytes) => {
             let mut resp = bytes_response(content_type, Bytes::from_static(bytes));
@@ -133,6 +135,35 @@ fn bytes_response(content_type: &'static str, body: Bytes) -> Response<RespBody>
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+/// `/docs` under MULTI_TENANT: every document is a caller's, so the page asks whose (the
+/// tenant's uuid, or ADMIN_ID for the admin's modules) and opens `/docs/<uuid>/`.
+fn choose_tenant() -> Response<RespBody> {
+    let html = r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>dpms — API</title></head>
+<body style="font-family: sans-serif; margin: 3em">
+<h1>dpms</h1>
+<p>This server serves many tenants: each sees its own API. Whose do you want to see?</p>
+<form id="who">
+<label>uuid <input id="uuid" size="40" placeholder="00000000-0000-0000-0000-000000000000"
+  pattern="[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}" required></label>
+<button type="submit">Open</button>
+</form>
+<script>
+document.getElementById("who").addEventListener("submit", (e) => {
+  e.preventDefault();
+  location.href = "/docs/" + document.getElementById("uuid").value.trim() + "/";
+});
+</script>
+</body>
+</html>
+"#;
+    bytes_response(
+        "text/html; charset=utf-8",
+        Bytes::from_static(html.as_bytes()),
+    )
 }
 
 /// The page: Swagger UI over the caller's document, with its try-it form on.
