@@ -291,6 +291,10 @@ def test_index(server):
     assert isinstance(body, dict)
     assert body.get("name") == "dpms" and body.get("version")
     assert "__dir__" in r.text  # says where __dir__ is
+    # ...and where everything else around the services is (SPEC §13).
+    for key, path in [("openapi", "/rest/openapi.json"), ("docs", "/docs"), ("jsonrpc", "/rpc"),
+                      ("metrics", "/metrics"), ("health", "/healthz"), ("ready", "/readyz")]:
+        assert body.get(key) == path, body
 
 
 @pytest.mark.parametrize(

@@ -665,6 +665,12 @@ fn index(verb: Verb) -> Result<Routed, ApiError> {
                 "name": "dpms",
                 "version": env!("CARGO_PKG_VERSION"),
                 "directory": "/rest/services/__dir__/",
+                "openapi": "/rest/openapi.json",
+                "docs": "/docs",
+                "jsonrpc": "/rpc",
+                "metrics": "/metrics",
+                "health": health::HEALTHZ,
+                "ready": health::READYZ,
             });
             Ok((response::json_value(StatusCode::OK, &body), None))
         }
