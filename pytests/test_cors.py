@@ -4,7 +4,6 @@ before tokens; any other origin gets none; `*`; a bad setting stops the server w
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 
 import pytest

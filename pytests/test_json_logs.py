@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 
 import requests
 
 from dpms_helpers import TIMEOUT, binary_path, clean_env, describe, wait_for, write_atomic
-from token_helpers import run_dpms
+from token_helpers import add_tenant
 
 ADMIN = "6f8a0b2c-4d5e-4f7a-9b1c-3d5e7f9a1b2c"
 
@@ -34,7 +33,7 @@ def records(server) -> list[dict]:
 
 def test_every_line_is_json(start_server, tmp_path):
     data = tmp_path / "data"
-    tenant = json.loads(run_dpms(data, ADMIN, "tenant", "add", f"log-{uuid.uuid4().hex[:8]}"))["uuid"]
+    tenant = add_tenant(data, ADMIN, "log")
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     write_atomic(

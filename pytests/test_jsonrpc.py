@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from dpms_helpers import TIMEOUT, describe, error, write_atomic
-from token_helpers import mint, run_dpms
+from token_helpers import add_tenant, mint, run_dpms, serve_registry
 
 ADMIN = "4d6f8a0b-2c3e-4a5b-9d7f-1e3a5c7e9b0d"
 
@@ -269,30 +269,21 @@ def test_methods_and_bad_bodies(server):
 
 def test_a_tenants_view(start_server, tmp_path):
     data = tmp_path / "data"
-    mine = json.loads(run_dpms(data, ADMIN, "tenant", "add", f"ra-{uuid.uuid4().hex[:8]}"))["uuid"]
-    other = json.loads(run_dpms(data, ADMIN, "tenant", "add", f"rb-{uuid.uuid4().hex[:8]}"))["uuid"]
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    write_atomic(
-        plugins / "rpc_mine.py",
+    mine, other = add_tenant(data, ADMIN, "ra"), add_tenant(data, ADMIN, "rb")
+    server = serve_registry(start_server, data, ADMIN, {
+        "rpc_mine.py":
         f"__ID__ = {mine!r}\n"
         "from vyperlogix.decorators import expose\n"
         "import os\n"
         "@expose.endpoint(method='POST', API='whoami')\n"
         "def whoami(**kwargs):\n"
         "    return {'uuid': kwargs.get('uuid'), 'pid': os.getpid()}\n",
-    )
-    write_atomic(
-        plugins / "rpc_shared.py",
+        "rpc_shared.py":
         "from vyperlogix.decorators import expose\n"
         "@expose.endpoint(method='POST', API='shared')\n"
         "def shared(x: int):\n"
         "    return x * 2\n",
-    )
-    server = start_server(
-        env={"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1", "DPMS_DATA_DIR": str(data)},
-        plugin_dirs=[plugins],
-    )
+    }, MULTI_TENANT="True")
     r = rpc(server, [{"jsonrpc": "2.0", "method": "whoami", "id": 1},
                      {"jsonrpc": "2.0", "method": "shared", "params": {"x": "21"}, "id": 2}], f"/rpc/{mine}")
     replies = {x["id"]: x for x in r.json()}
@@ -308,10 +299,8 @@ def test_a_tenants_view(start_server, tmp_path):
 def test_tokens(start_server, tmp_path):
     data = tmp_path / "data"
     key = json.loads(run_dpms(data, ADMIN, "token", "rotate", ADMIN))
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    write_atomic(
-        plugins / "rpc_tok.py",
+    server = serve_registry(start_server, data, ADMIN, {
+        "rpc_tok.py":
         "from vyperlogix.decorators import expose\n"
         "@expose.endpoint(method='POST', API='t-open', auth='public')\n"
         "def o():\n    return 'open'\n"
@@ -319,11 +308,7 @@ def test_tokens(start_server, tmp_path):
         "def c():\n    return 'closed'\n"
         "@expose.endpoint(method='POST', API='t-closed2', auth='token')\n"
         "def c2():\n    return 'closed2'\n",
-    )
-    server = start_server(
-        env={"ADMIN_ID": ADMIN, "DPMS_WORKERS": "2", "DPMS_DATA_DIR": str(data)},
-        plugin_dirs=[plugins],
-    )
+    }, DPMS_WORKERS="2")
     call = lambda m, i: {"jsonrpc": "2.0", "method": m, "id": i}  # noqa: E731
     # No token: public served, token-only refused with -32003 (tokens not required server-wide).
     r = rpc(server, [call("t-open", 1), call("t-closed", 2)])
@@ -340,20 +325,14 @@ def test_tokens(start_server, tmp_path):
 def test_tokens_required(start_server, tmp_path):
     data = tmp_path / "data"
     key = json.loads(run_dpms(data, ADMIN, "token", "rotate", ADMIN))
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    write_atomic(
-        plugins / "rpc_req.py",
+    server = serve_registry(start_server, data, ADMIN, {
+        "rpc_req.py":
         "from vyperlogix.decorators import expose\n"
         "@expose.endpoint(method='POST', API='r-open', auth='public')\n"
         "def o():\n    return 'open'\n"
         "@expose.endpoint(method='POST', API='r-any')\n"
         "def a():\n    return 'any'\n",
-    )
-    server = start_server(
-        env={"ADMIN_ID": ADMIN, "DPMS_WORKERS": "1", "DPMS_DATA_DIR": str(data), "DPMS_REQUIRE_TOKENS": "True"},
-        plugin_dirs=[plugins],
-    )
+    }, DPMS_REQUIRE_TOKENS="True")
     r = rpc(server, {"jsonrpc": "2.0", "method": "r-any", "id": 1})
     error(r, 401, "unauthorized")
     assert "invalid_token" in r.headers["WWW-Authenticate"]

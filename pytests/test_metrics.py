@@ -5,15 +5,13 @@ cold starts; under MULTI_TENANT it takes the admin's bearer."""
 
 from __future__ import annotations
 
-import json
-import uuid
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from dpms_helpers import TIMEOUT, describe, error, wait_for, write_atomic
-from token_helpers import run_dpms
+from token_helpers import add_tenant, run_dpms
 
 ADMIN = "5e7a9c1d-3f2b-4c6d-8e0f-2a4c6e8a0b1d"
 
@@ -111,7 +109,7 @@ def test_methods(server):
 
 def test_tenants_and_the_admins_bearer(start_server, tmp_path):
     data = tmp_path / "data"
-    tenants = [json.loads(run_dpms(data, ADMIN, "tenant", "add", f"m{i}-{uuid.uuid4().hex[:8]}"))["uuid"] for i in range(2)]
+    tenants = [add_tenant(data, ADMIN, f"m{i}") for i in range(2)]
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     for i, t in enumerate(tenants):

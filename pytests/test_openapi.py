@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import pathlib
-import time
 import uuid
 
 import openapi_spec_validator
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 from browser_helpers import Browser
 from dpms_helpers import describe, error, write_atomic
-from token_helpers import mint, run_dpms
+from token_helpers import add_tenant, mint, run_dpms, serve_registry
 
 ADMIN = "3c5e7a9b-1d2f-4b6c-8e0a-2f4d6b8c0e1a"
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -193,24 +192,17 @@ def test_schemathesis_finds_no_server_errors(server):
 
 def test_a_tenants_view(start_server, tmp_path):
     data = tmp_path / "data"
-    mine = json.loads(run_dpms(data, ADMIN, "tenant", "add", f"oa-{uuid.uuid4().hex[:8]}"))["uuid"]
-    other = json.loads(run_dpms(data, ADMIN, "tenant", "add", f"ob-{uuid.uuid4().hex[:8]}"))["uuid"]
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    for owner, api in [(mine, "oa-mine"), (other, "oa-theirs"), (None, "oa-shared")]:
-        header = f"__ID__ = {owner!r}\n" if owner else ""
-        write_atomic(
-            plugins / f"{api.replace('-', '_')}.py",
-            "from vyperlogix.decorators import expose\n" + header +
-            f"@expose.endpoint(method='GET', API={api!r})\n"
-            "def f(n: int = 1):\n"
-            "    '''One thing.'''\n"
-            "    return n\n",
-        )
-    server = start_server(
-        env={"MULTI_TENANT": "True", "ADMIN_ID": ADMIN, "DPMS_WORKERS": "1", "DPMS_DATA_DIR": str(data)},
-        plugin_dirs=[plugins],
-    )
+    mine, other = add_tenant(data, ADMIN, "oa"), add_tenant(data, ADMIN, "ob")
+    files = {
+        f"{api.replace('-', '_')}.py":
+        "from vyperlogix.decorators import expose\n" + (f"__ID__ = {owner!r}\n" if owner else "") +
+        f"@expose.endpoint(method='GET', API={api!r})\n"
+        "def f(n: int = 1):\n"
+        "    '''One thing.'''\n"
+        "    return n\n"
+        for owner, api in [(mine, "oa-mine"), (other, "oa-theirs"), (None, "oa-shared")]
+    }
+    server = serve_registry(start_server, data, ADMIN, files, MULTI_TENANT="True")
     doc = validated(server.get(f"/rest/{mine}/openapi.json"))
     assert set(doc["paths"]) == {f"/rest/services/{mine}/oa-mine/", f"/rest/services/{mine}/oa-shared/"}, doc["paths"]
     assert mine in doc["info"]["title"]
@@ -234,20 +226,14 @@ def test_a_tenants_view(start_server, tmp_path):
 def test_with_tokens_required_the_document_needs_one(start_server, tmp_path):
     data = tmp_path / "data"
     key = json.loads(run_dpms(data, ADMIN, "token", "rotate", ADMIN))
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    write_atomic(
-        plugins / "oa_tok.py",
+    server = serve_registry(start_server, data, ADMIN, {
+        "oa_tok.py":
         "from vyperlogix.decorators import expose\n"
         "@expose.endpoint(method='GET', API='oa-open', auth='public')\n"
         "def o():\n    return 1\n"
         "@expose.endpoint(method='GET', API='oa-closed')\n"
         "def c():\n    return 2\n",
-    )
-    server = start_server(
-        env={"ADMIN_ID": ADMIN, "DPMS_WORKERS": "1", "DPMS_DATA_DIR": str(data), "DPMS_REQUIRE_TOKENS": "True"},
-        plugin_dirs=[plugins],
-    )
+    }, DPMS_REQUIRE_TOKENS="True")
     error(server.get("/rest/openapi.json"), 401, "unauthorized")
     token = mint(key, ADMIN)
     doc = validated(server.get("/rest/openapi.json", headers={"Authorization": f"Bearer {token}"}))
@@ -297,19 +283,11 @@ def test_docs_in_a_real_browser(server, tmp_path, chromium):
         )
         assert opened, "no GET hello-world block"
         browser.wait_for("!!window.dpmsBlock.querySelector('button.execute')", "the execute button")
-        # A click that lands before the form has taken its parameters' state is ignored by the
-        # page: click again until an answer shows (bounded).
-        answer = "(window.dpmsBlock.querySelector('.live-responses-table tr.response .response-col_description') || {}).innerText"
-        shown = None
-        for _ in range(10):
-            browser.evaluate("window.dpmsBlock.querySelector('button.execute').click()")
-            deadline = time.monotonic() + 3
-            while not shown and time.monotonic() < deadline:
-                shown = browser.evaluate(answer)
-                time.sleep(0.05)
-            if shown:
-                break
-        assert shown, "the page never showed the answer"
+        browser.evaluate("window.dpmsBlock.querySelector('button.execute').click()")
+        shown = browser.wait_for(
+            "(window.dpmsBlock.querySelector('.live-responses-table tr.response .response-col_description') || {}).innerText",
+            "the answer",
+        )
         assert '"status": "OK"' in shown and "module1.foo" in shown, shown
         status = browser.evaluate(
             "window.dpmsBlock.querySelector('.live-responses-table tr.response .response-col_status').innerText"

@@ -4,13 +4,11 @@ parameter; the same conversions for a tenant's sandboxed module; unannotated plu
 
 from __future__ import annotations
 
-import json
-import uuid
 
 import pytest
 
 from dpms_helpers import describe, error, ok, write_atomic
-from token_helpers import run_dpms
+from token_helpers import add_tenant
 
 ADMIN = "6a1f0c3e-2b4d-4e8f-9a7c-1d3e5f7a9b0c"
 
@@ -236,7 +234,7 @@ def test_unannotated_kwargs_unchanged(server):
 
 def test_a_tenants_sandboxed_module_converts_the_same(start_server, tmp_path):
     data = tmp_path / "data"
-    tenant = json.loads(run_dpms(data, ADMIN, "tenant", "add", f"typed-{uuid.uuid4().hex[:8]}"))["uuid"]
+    tenant = add_tenant(data, ADMIN, "typed")
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     write_atomic(

@@ -4,14 +4,16 @@ and `dpms` commands run on a given registry folder."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import pathlib
 import subprocess
 import time
+import uuid
 
 import jwt
 
-from dpms_helpers import TIMEOUT, binary_path, clean_env
+from dpms_helpers import TIMEOUT, binary_path, clean_env, write_atomic
 
 
 def b64(raw: bytes) -> str:
@@ -43,3 +45,19 @@ def run_dpms(data: pathlib.Path, admin: str, *args) -> str:
     )
     assert p.returncode == 0, (args, p.stdout, p.stderr)
     return p.stdout
+
+
+def add_tenant(data: pathlib.Path, admin: str, prefix: str) -> str:
+    """Registers a tenant `<prefix>-<random>` in the registry in `data`; its uuid."""
+    return json.loads(run_dpms(data, admin, "tenant", "add", f"{prefix}-{uuid.uuid4().hex[:8]}"))["uuid"]
+
+
+def serve_registry(start_server, data: pathlib.Path, admin: str, files: dict, **env):
+    """A dedicated server on the registry in `data` (ADMIN_ID `admin`, one worker unless `env`
+    says otherwise) serving `files` (`name.py` -> source) from a fresh folder beside it."""
+    plugins = data.parent / "plugins"
+    plugins.mkdir()
+    for name, source in files.items():
+        write_atomic(plugins / name, source)
+    settings = {"ADMIN_ID": admin, "DPMS_WORKERS": "1", "DPMS_DATA_DIR": str(data), **env}
+    return start_server(env=settings, plugin_dirs=[plugins])
