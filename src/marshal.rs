@@ -484,7 +484,7 @@ impl Signature {
     pub fn new(params: Vec<Param>) -> Signature {
         let var_positional = params.iter().any(|p| p.kind == ParamKind::VarPositional);
         let var_keyword = params.iter().any(|p| p.kind == ParamKind::VarKeyword);
-        let typed = params.iter().any(|p| p.ty.is_some() && by_keyword(p));
+        let typed = params.iter().any(|p| p.ty.is_some() && p.by_keyword());
         Signature {
             params,
             var_positional,
@@ -500,7 +500,7 @@ impl Signature {
         }
         self.params
             .iter()
-            .find(|p| p.name == name && by_keyword(p))
+            .find(|p| p.name == name && p.by_keyword())
             .and_then(|p| p.ty.as_ref())
     }
 
@@ -526,11 +526,14 @@ impl Signature {
     }
 }
 
-fn by_keyword(p: &Param) -> bool {
-    matches!(
-        p.kind,
-        ParamKind::PositionalOrKeyword | ParamKind::KeywordOnly
-    )
+impl Param {
+    /// Whether a keyword argument can reach this parameter.
+    pub fn by_keyword(&self) -> bool {
+        matches!(
+            self.kind,
+            ParamKind::PositionalOrKeyword | ParamKind::KeywordOnly
+        )
+    }
 }
 
 /// A kwargs name: the server's own names (reserved keys, `URL_PARMn`) are borrowed for every

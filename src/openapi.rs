@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::marshal::{Param, ParamKind, RESERVED};
+use crate::marshal::{Param, RESERVED};
 use crate::router::{Auth, Method, Operation, RouteTable};
 use crate::typed::ParamType;
 
@@ -96,16 +96,9 @@ pub fn document(table: &RouteTable, opts: &Options<'_>) -> Value {
 fn url_params(params: &[Param], names: &[&'static str]) -> Vec<String> {
     names
         .iter()
-        .take_while(|n| params.iter().any(|p| p.name == **n && by_keyword(p)))
+        .take_while(|n| params.iter().any(|p| p.name == **n && p.by_keyword()))
         .map(|n| n.to_string())
         .collect()
-}
-
-fn by_keyword(p: &Param) -> bool {
-    matches!(
-        p.kind,
-        ParamKind::PositionalOrKeyword | ParamKind::KeywordOnly
-    )
 }
 
 fn operation(op: &Operation<'_>, in_path: &[String], opts: &Options<'_>) -> Value {
@@ -114,7 +107,7 @@ fn operation(op: &Operation<'_>, in_path: &[String], opts: &Options<'_>) -> Valu
     let named: Vec<&Param> = sig
         .params
         .iter()
-        .filter(|p| by_keyword(p) && !RESERVED.contains(&p.name.as_str()))
+        .filter(|p| p.by_keyword() && !RESERVED.contains(&p.name.as_str()))
         .filter(|p| !opts.url_parm_names.contains(&p.name.as_str()) || in_path.contains(&p.name))
         .collect();
     let mut parameters: Vec<Value> = named
@@ -312,6 +305,7 @@ fn schema(ty: &ParamType, text: bool) -> Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::marshal::ParamKind;
     use serde_json::json;
 
     #[test]
